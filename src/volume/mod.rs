@@ -1,0 +1,3 @@
+//! Volume kinds: archive (tar, zip) today; native, drive and tape later.
+
+pub mod archive;
