@@ -6,6 +6,7 @@
 //! DESIGN.md §8 for the layout.
 
 pub mod error;
+pub mod fs;
 pub mod volume;
 
 pub use error::{Error, ErrorKind, Result};

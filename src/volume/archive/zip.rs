@@ -15,3 +15,9 @@ pub fn index_zip(
     let _ = (medium, label, implicit, progress);
     todo!("zip index builder")
 }
+
+/// True if the medium carries a zip signature.
+pub fn looks_like_zip(medium: &dyn ReadAt) -> bool {
+    let _ = medium;
+    false
+}

@@ -1,0 +1,186 @@
+//! The interface every volume kind implements, in volume-local inode numbers.
+//!
+//! The core (`fs::Core`) maps global inode numbers to a volume and a local
+//! inode, adds the synthetic tree (`/volumes`, `/media`), and calls these
+//! methods. Write-type methods default to `EROFS`, so read-only kinds
+//! (archives, drives) implement only the read side and still answer every
+//! write with the right errno.
+
+use std::sync::Arc;
+
+use super::types::{Attr, Ctx, OpenFlags, OpenOpts, SetAttr, StatFs};
+use crate::error::{ErrorKind, Result, err};
+
+/// The local inode number of every volume's root directory.
+pub const VOLUME_ROOT: u64 = 1;
+
+/// One directory entry as `readdir` produces it.
+pub struct DirEntry<'a> {
+    pub name: &'a [u8],
+    pub attr: Attr,
+    /// The offset to resume after this entry.
+    pub next: u64,
+}
+
+/// An open regular file. Reads and writes go through it so that per-open
+/// state (write buffers, decompression cursors) lives with the handle.
+pub trait OpenFile: Send + Sync {
+    /// Reads up to `size` bytes at `offset`; short only at end of file.
+    fn read(&self, offset: u64, size: u32) -> Result<Vec<u8>>;
+
+    fn write(&self, _offset: u64, _data: &[u8]) -> Result<u32> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    /// Called on every close(2) of a descriptor (FUSE flush).
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn fsync(&self, _datasync: bool) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called once, when the last descriptor is gone.
+    fn release(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// How the kernel should cache this file's pages.
+    fn open_opts(&self) -> OpenOpts {
+        OpenOpts::default()
+    }
+
+    /// The local inode this handle refers to.
+    fn ino(&self) -> u64;
+}
+
+/// The operations of one volume.
+#[allow(unused_variables)]
+pub trait VolumeFs: Send + Sync {
+    fn getattr(&self, ino: u64) -> Result<Attr>;
+
+    fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr>;
+
+    /// The directory that contains directory `ino` (the root returns itself;
+    /// the core then answers with `/volumes`).
+    fn parent(&self, ino: u64) -> Result<u64>;
+
+    /// Lists directory `ino` from `offset` (0 = start; otherwise a `next`
+    /// value returned earlier), calling `sink` until it returns `false`.
+    /// `.` and `..` are added by the core.
+    fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        sink: &mut dyn FnMut(DirEntry<'_>) -> bool,
+    ) -> Result<()>;
+
+    fn readlink(&self, ino: u64) -> Result<Vec<u8>>;
+
+    fn open(&self, ino: u64, flags: OpenFlags, ctx: &Ctx) -> Result<Arc<dyn OpenFile>>;
+
+    fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        err(ErrorKind::NoAttr)
+    }
+
+    fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        Ok(Vec::new())
+    }
+
+    fn statfs(&self) -> Result<StatFs>;
+
+    // --- write side: read-only kinds keep these defaults ---
+
+    fn setattr(
+        &self,
+        ino: u64,
+        set: &SetAttr,
+        fh: Option<&dyn OpenFile>,
+        ctx: &Ctx,
+    ) -> Result<Attr> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: OpenFlags,
+        ctx: &Ctx,
+    ) -> Result<(Attr, Arc<dyn OpenFile>)> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        ctx: &Ctx,
+    ) -> Result<Attr> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    fn mkdir(&self, parent: u64, name: &[u8], mode: u32, umask: u32, ctx: &Ctx) -> Result<Attr> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    fn symlink(&self, parent: u64, name: &[u8], target: &[u8], ctx: &Ctx) -> Result<Attr> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    fn link(&self, ino: u64, newparent: u64, newname: &[u8], ctx: &Ctx) -> Result<Attr> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    fn unlink(&self, parent: u64, name: &[u8], ctx: &Ctx) -> Result<()> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    fn rmdir(&self, parent: u64, name: &[u8], ctx: &Ctx) -> Result<()> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    /// `flags` are RENAME_NOREPLACE / RENAME_EXCHANGE.
+    fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32, ctx: &Ctx) -> Result<()> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    fn removexattr(&self, ino: u64, name: &[u8], ctx: &Ctx) -> Result<()> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    fn fallocate(&self, fh: &dyn OpenFile, offset: u64, len: u64, mode: i32) -> Result<()> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    /// SEEK_DATA / SEEK_HOLE. The default treats the whole file as data.
+    fn lseek(&self, ino: u64, offset: u64, whence: i32) -> Result<u64> {
+        let size = self.getattr(ino)?.size;
+        if offset >= size {
+            return err(ErrorKind::NoSuchOffset);
+        }
+        match whence {
+            libc::SEEK_DATA => Ok(offset),
+            libc::SEEK_HOLE => Ok(size),
+            _ => err(ErrorKind::Invalid),
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Unit tests of the core against an in-memory archive volume.
+
+use super::*;
+use crate::volume::archive::ArchiveVolume;
+use crate::volume::archive::index::{Data, IndexBuilder, Member, Meta, NodeKind};
+
+fn meta() -> Meta {
+    Meta {
+        perm: 0o644,
+        uid: 1000,
+        gid: 1000,
+        mtime: 1_700_000_000,
+        mtime_nsec: 5,
+    }
+}
+
+fn mount_one(core: &Core, slot: u32, id: &str, name: Option<&str>) -> tempfile::TempDir {
+    let medium: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    let mut b = IndexBuilder::new("tar", meta());
+    let mut f = Member::new(NodeKind::File, meta());
+    f.size = 100;
+    f.data = Data::Stored { offset: 512 };
+    b.add(b"dir/file", f);
+    let mut l = Member::new(NodeKind::Symlink, meta());
+    l.target = b"dir/file".to_vec();
+    b.add(b"link", l);
+    let dir = tempfile::tempdir().unwrap();
+    let medium: SharedMedium = Arc::new(medium);
+    let fs = ArchiveVolume::new(
+        "m.tar".into(),
+        b.finish(),
+        medium.clone(),
+        dir.path().into(),
+    );
+    core.register(Arc::new(Mounted {
+        slot,
+        info: RwLock::new(VolumeInfo {
+            id: id.into(),
+            name: name.map(str::to_owned),
+            kind: "archive".into(),
+            state: "attached".into(),
+            format: Some("tar".into()),
+            medium: None,
+            size: 4096,
+            files: 1,
+            slot,
+        }),
+        fs: Arc::new(fs),
+        medium: Some(medium),
+        ttl: Duration::from_secs(60),
+        open_files: AtomicU64::new(0),
+    }))
+    .unwrap();
+    dir
+}
+
+fn names(core: &Core, ino: u64, offset: u64) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    core.readdir(ino, offset, &mut |e| {
+        out.push((String::from_utf8_lossy(e.name).into_owned(), e.next));
+        true
+    })
+    .unwrap();
+    out
+}
+
+const ID: &str = "vol-0123456789abcdef";
+
+#[test]
+fn synthetic_tree_and_volume_paths() {
+    let core = Core::new();
+    let _d = mount_one(&core, 7, ID, Some("photos"));
+    let root = names(&core, ROOT_INO, 0);
+    assert_eq!(
+        root.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        [".", "..", "volumes", "media"]
+    );
+    let vols = names(&core, VOLUMES_INO, 0);
+    assert_eq!(
+        vols.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        [".", "..", "photos", ID]
+    );
+    // Resuming from an offset continues after that entry.
+    let rest = names(&core, VOLUMES_INO, vols[2].1);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].0, ID);
+
+    let (link, _) = core.lookup(VOLUMES_INO, b"photos").unwrap();
+    assert_eq!(link.kind, FileKind::Symlink);
+    assert_eq!(core.readlink(link.ino).unwrap(), ID.as_bytes());
+
+    let (vroot, ttl) = core.lookup(VOLUMES_INO, ID.as_bytes()).unwrap();
+    assert_eq!(vroot.ino, global_ino(7, VOLUME_ROOT));
+    assert_eq!(ttl, Duration::from_secs(60));
+    let (dir, _) = core.lookup(vroot.ino, b"dir").unwrap();
+    let (file, _) = core.lookup(dir.ino, b"file").unwrap();
+    assert_eq!(file.size, 100);
+    assert_eq!(file.ino >> 40, 7);
+    let inside = names(&core, dir.ino, 0);
+    assert_eq!(inside[1], ("..".to_string(), 2));
+    assert_eq!(inside[2].0, "file");
+
+    let (medium, _) = core.lookup(MEDIA_INO, ID.as_bytes()).unwrap();
+    assert_eq!(medium.size, 4096);
+    assert_eq!(medium.perm, 0o444);
+    assert!(core.lookup(VOLUMES_INO, b"nope").is_err());
+}
+
+#[test]
+fn open_read_release_tracks_handles() {
+    let core = Core::new();
+    let _d = mount_one(&core, 1, ID, None);
+    let (vroot, _) = core.lookup(VOLUMES_INO, ID.as_bytes()).unwrap();
+    let (dir, _) = core.lookup(vroot.ino, b"dir").unwrap();
+    let (file, _) = core.lookup(dir.ino, b"file").unwrap();
+    let (fh, opts) = core
+        .open(file.ino, OpenFlags(libc::O_RDONLY), &Ctx::ROOT)
+        .unwrap();
+    assert!(opts.keep_cache);
+    let data = core.read(fh, 10, 5).unwrap();
+    assert_eq!(data, [10, 11, 12, 13, 14]);
+    let m = core.find(ID).unwrap();
+    assert_eq!(m.open_files.load(Ordering::Acquire), 1);
+    core.release(fh).unwrap();
+    assert_eq!(m.open_files.load(Ordering::Acquire), 0);
+    assert_eq!(
+        core.open(file.ino, OpenFlags(libc::O_RDWR), &Ctx::ROOT)
+            .err()
+            .unwrap()
+            .errno(),
+        libc::EROFS
+    );
+    assert_eq!(
+        core.dir_op(dir.ino, |v, p| v.mkdir(p, b"x", 0o755, 0, &Ctx::ROOT))
+            .err()
+            .unwrap()
+            .errno(),
+        libc::EROFS
+    );
+    assert_eq!(
+        core.dir_op(VOLUMES_INO, |v, p| v.mkdir(p, b"x", 0o755, 0, &Ctx::ROOT))
+            .err()
+            .unwrap()
+            .errno(),
+        libc::EROFS
+    );
+}
+
+#[test]
+fn volume_root_xattrs() {
+    let core = Core::new();
+    let _d = mount_one(&core, 3, ID, Some("n"));
+    let root = global_ino(3, VOLUME_ROOT);
+    assert_eq!(core.getxattr(root, XATTR_ID).unwrap(), ID.as_bytes());
+    assert_eq!(core.getxattr(root, XATTR_KIND).unwrap(), b"archive");
+    assert_eq!(core.getxattr(root, XATTR_STATE).unwrap(), b"attached");
+    assert_eq!(core.listxattr(root).unwrap().len(), 3);
+    assert_eq!(
+        core.getxattr(root, b"user.other").err().unwrap().errno(),
+        libc::ENODATA
+    );
+    assert_eq!(
+        core.setxattr(root, XATTR_ID, b"x", 0, &Ctx::ROOT)
+            .err()
+            .unwrap()
+            .errno(),
+        libc::EPERM
+    );
+}
+
+#[test]
+fn unregister_hides_but_open_handles_survive() {
+    let core = Core::new();
+    let _d = mount_one(&core, 4, ID, Some("gone"));
+    let (vroot, _) = core.lookup(VOLUMES_INO, ID.as_bytes()).unwrap();
+    let (dir, _) = core.lookup(vroot.ino, b"dir").unwrap();
+    let (file, _) = core.lookup(dir.ino, b"file").unwrap();
+    let (fh, _) = core
+        .open(file.ino, OpenFlags(libc::O_RDONLY), &Ctx::ROOT)
+        .unwrap();
+    let m = core.unregister(4).unwrap();
+    assert!(core.lookup(VOLUMES_INO, ID.as_bytes()).is_err());
+    assert!(core.lookup(VOLUMES_INO, b"gone").is_err());
+    assert!(core.getattr(file.ino).is_err());
+    assert_eq!(core.read(fh, 0, 2).unwrap(), [0, 1]);
+    core.release(fh).unwrap();
+    assert_eq!(m.open_files.load(Ordering::Acquire), 0);
+}
+
+#[test]
+fn duplicate_registration_is_refused() {
+    let core = Core::new();
+    let _d = mount_one(&core, 5, ID, Some("a"));
+    let medium: SharedMedium = Arc::new(Vec::new());
+    let fs = ArchiveVolume::new(
+        "x".into(),
+        IndexBuilder::new("tar", meta()).finish(),
+        medium,
+        std::env::temp_dir(),
+    );
+    let e = core
+        .register(Arc::new(Mounted {
+            slot: 6,
+            info: RwLock::new(VolumeInfo {
+                id: "vol-1111111111111111".into(),
+                name: Some("a".into()),
+                kind: "archive".into(),
+                state: "attached".into(),
+                format: None,
+                medium: None,
+                size: 0,
+                files: 0,
+                slot: 6,
+            }),
+            fs: Arc::new(fs),
+            medium: None,
+            ttl: Duration::from_secs(1),
+            open_files: AtomicU64::new(0),
+        }))
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Exists);
+}
