@@ -1,1 +1,197 @@
-fn main() {}
+//! `fsd`: the daemon. Parses arguments, sets up logging, optionally detaches,
+//! and hands over to `fsd::daemon::run`.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fsd::config::{self, Config};
+use fsd::daemon::{self, Fatal, MountOptions, exit};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "fsd",
+    version,
+    about = "Mount archives, drives and native volumes as files; copy with offload tokens",
+    after_help = "Exit codes: 0 clean unmount, 1 runtime failure, 2 usage or config error, \
+                  3 mountpoint unusable, 4 state directory unusable, 5 state directory in use, \
+                  6 mount failed."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount fsd at MOUNTPOINT and serve until unmounted or signalled.
+    Mount {
+        /// An existing, empty-or-not directory that nothing is mounted on.
+        mountpoint: PathBuf,
+        /// State directory (catalog, chunk store, control socket). Default:
+        /// /var/lib/fsd as root, $XDG_DATA_HOME/fsd otherwise.
+        #[arg(long, env = "FSD_STATE")]
+        state: Option<PathBuf>,
+        /// TOML file overriding the embedded defaults (see `fsd config`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Detach from the terminal once mounted; logs go to STATE/fsd.log.
+        #[arg(long)]
+        daemon: bool,
+    },
+    /// Print the embedded default configuration, documented key by key.
+    Config,
+}
+
+fn init_logging(level: &str, file: Option<std::fs::File>) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match file {
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .init(),
+        None => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+}
+
+fn fail(f: &Fatal) -> ExitCode {
+    eprintln!("fsd: {f}");
+    ExitCode::from(f.code as u8)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Config => {
+            print!("{}", config::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        Cmd::Mount {
+            mountpoint,
+            state,
+            config: config_path,
+            daemon: detach,
+        } => {
+            let config = match Config::load(config_path.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("fsd: {e}");
+                    return ExitCode::from(exit::USAGE as u8);
+                }
+            };
+            let state_dir = state.unwrap_or_else(config::default_state_dir);
+            let state_dir = std::path::absolute(&state_dir).unwrap_or(state_dir);
+            if let Err(f) = daemon::prepare_state_dir(&state_dir) {
+                return fail(&f);
+            }
+            let mountpoint = match daemon::check_mountpoint(&mountpoint) {
+                Ok(m) => m,
+                Err(f) => return fail(&f),
+            };
+            let opts = MountOptions {
+                mountpoint,
+                state_dir,
+                config,
+            };
+            if detach {
+                run_detached(&opts)
+            } else {
+                init_logging(&opts.config.log.level, None);
+                match daemon::run(&opts, || {}) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(f) => fail(&f),
+                }
+            }
+        }
+    }
+}
+
+/// Forks; the child becomes the daemon and reports over a pipe whether the
+/// mount came up, so the parent's exit status tells the truth.
+fn run_detached(opts: &MountOptions) -> ExitCode {
+    let (r, w): (OwnedFd, OwnedFd) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("fsd: pipe: {e}");
+            return ExitCode::from(exit::FAILED as u8);
+        }
+    };
+    // SAFETY: no other threads exist yet (logging and the daemon start after
+    // the fork), so the child may continue normally.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => {
+            eprintln!("fsd: fork: {e}");
+            ExitCode::from(exit::FAILED as u8)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(w);
+            let mut msg = Vec::new();
+            let _ = std::fs::File::from(r).read_to_end(&mut msg);
+            match msg.split_first() {
+                Some((0, _)) => {
+                    eprintln!(
+                        "fsd: mounted at {} (pid {child}, log {})",
+                        opts.mountpoint.display(),
+                        opts.state_dir.join("fsd.log").display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Some((code, text)) => {
+                    eprintln!("fsd: {}", String::from_utf8_lossy(text));
+                    ExitCode::from(*code)
+                }
+                None => {
+                    eprintln!(
+                        "fsd: the daemon exited before mounting; see {}",
+                        opts.state_dir.join("fsd.log").display()
+                    );
+                    ExitCode::from(exit::FAILED as u8)
+                }
+            }
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(r);
+            let _ = nix::unistd::setsid();
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(opts.state_dir.join("fsd.log"));
+            if let Ok(null) = std::fs::File::open("/dev/null") {
+                let _ = nix::unistd::dup2_stdin(&null);
+            }
+            if let Ok(l) = &log {
+                let _ = nix::unistd::dup2_stdout(l);
+                let _ = nix::unistd::dup2_stderr(l);
+            }
+            init_logging(&opts.config.log.level, log.ok());
+            // Dropping the pipe closes it, which ends the parent's wait.
+            let pipe = std::cell::RefCell::new(Some(std::fs::File::from(w)));
+            let result = daemon::run(opts, || {
+                if let Some(mut p) = pipe.borrow_mut().take() {
+                    let _ = p.write_all(&[0]);
+                }
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(f) => {
+                    if let Some(mut p) = pipe.borrow_mut().take() {
+                        let mut m = vec![f.code as u8];
+                        m.extend_from_slice(f.to_string().as_bytes());
+                        let _ = p.write_all(&m);
+                    }
+                    tracing::error!("{f}");
+                    ExitCode::from(f.code as u8)
+                }
+            }
+        }
+    }
+}

@@ -5,8 +5,14 @@
 //! `fsd` and `tokenctl` binaries only parse arguments and call into it. See
 //! DESIGN.md §8 for the layout.
 
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod error;
 pub mod fs;
+pub mod fuse;
+pub mod store;
+pub mod util;
 pub mod volume;
 
 pub use error::{Error, ErrorKind, Result};

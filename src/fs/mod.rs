@@ -21,6 +21,7 @@
 //! tied to one volume across restarts.
 
 pub mod ops;
+pub mod perm;
 pub mod types;
 
 use std::collections::HashMap;
@@ -775,6 +776,16 @@ impl Core {
                 })
             }
             _ => err(ErrorKind::Invalid),
+        }
+    }
+
+    /// How long the kernel may cache the attributes of `ino`.
+    pub fn ttl_of(&self, ino: u64) -> Duration {
+        match decode(ino) {
+            Some(Ino::Vol(slot, _)) | Some(Ino::MediaFile(slot)) => {
+                self.by_slot(slot).map(|m| m.ttl).unwrap_or(SYNTHETIC_TTL)
+            }
+            _ => SYNTHETIC_TTL,
         }
     }
 

@@ -1,0 +1,146 @@
+//! Configuration: embedded defaults, optionally overlaid by a TOML file.
+//!
+//! A bare `fsd mount /mnt/x` must work on a fresh machine, so every setting
+//! has a default compiled into the binary (`src/default-config.toml`, which is
+//! also the documentation of every key). `--config FILE` is merged on top key
+//! by key.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The embedded defaults, verbatim.
+pub const DEFAULT_TOML: &str = include_str!("default-config.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub mount: MountConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MountConfig {
+    pub threads: usize,
+    pub allow_other: bool,
+    pub read_ahead_kb: u32,
+    pub archive_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+}
+
+/// Merges `over` into `base`, table by table.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// The embedded defaults.
+    pub fn embedded() -> Self {
+        // The embedded file is checked by a unit test, so this cannot fail in
+        // a released binary.
+        toml::from_str(DEFAULT_TOML).unwrap_or_else(|e| panic!("embedded config: {e}"))
+    }
+
+    /// Defaults overlaid with `path`, if given.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::embedded());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::io(
+                format!("{}: cannot read the config file", path.display()),
+                e,
+            )
+        })?;
+        Self::from_overlay(&text)
+            .map_err(|e| Error::new(ErrorKind::Invalid, format!("{}: {e}", path.display())))
+    }
+
+    /// Defaults overlaid with the TOML text `overlay`.
+    pub fn from_overlay(overlay: &str) -> std::result::Result<Self, String> {
+        let mut base: toml::Table = DEFAULT_TOML.parse().map_err(|e| format!("{e}"))?;
+        let over: toml::Table = overlay.parse().map_err(|e| format!("{e}"))?;
+        merge(&mut base, over);
+        let cfg: Config = toml::Value::Table(base)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.mount.threads == 0 || self.mount.threads > 256 {
+            return Err("mount.threads must be between 1 and 256".into());
+        }
+        if self.mount.read_ahead_kb > 1 << 20 {
+            return Err("mount.read_ahead_kb must be at most 1048576".into());
+        }
+        Ok(())
+    }
+}
+
+/// The default state directory: `/var/lib/fsd` for root,
+/// `$XDG_DATA_HOME/fsd` (or `~/.local/share/fsd`) for anyone else.
+pub fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/fsd");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("fsd");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".local/share/fsd")
+}
+
+/// The control socket inside a state directory.
+pub fn socket_path(state: &Path) -> PathBuf {
+    state.join("fsd.sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse() {
+        let c = Config::embedded();
+        assert_eq!(c.mount.threads, 8);
+        assert!(c.mount.allow_other);
+    }
+
+    #[test]
+    fn overlay_changes_only_given_keys() {
+        let c = Config::from_overlay("[mount]\nthreads = 3\n").unwrap();
+        assert_eq!(c.mount.threads, 3);
+        assert_eq!(
+            c.mount.read_ahead_kb,
+            Config::embedded().mount.read_ahead_kb
+        );
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        assert!(
+            Config::from_overlay("[mount]\nthread = 3\n")
+                .unwrap_err()
+                .contains("thread")
+        );
+        assert!(Config::from_overlay("[mount]\nthreads = 0\n").is_err());
+        assert!(Config::from_overlay("[mount\n").is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! The control socket protocol shared by `fsd` and `tokenctl`.
+//!
+//! A Unix stream socket at `STATE/fsd.sock`. Each message is a 4-byte
+//! big-endian length followed by that many bytes of JSON. The client sends a
+//! [`Request`]; the daemon answers with zero or more [`Reply::Progress`]
+//! frames and then exactly one [`Reply::Ok`] or [`Reply::Error`]. A
+//! connection may carry any number of requests, one after another.
+//!
+//! The socket is reachable by every local user; each request is authorised
+//! with the caller's uid and gid from SO_PEERCRED, never with anything the
+//! message claims.
+
+pub mod client;
+pub mod server;
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::volume::manager::FormatChoice;
+
+/// Frames larger than this are refused (a token file of 4096 subtokens is
+/// 2 MiB; nothing legitimate comes close).
+pub const MAX_FRAME: u32 = 16 << 20;
+
+/// Requests from `tokenctl` to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Liveness and version check.
+    Ping,
+    Attach {
+        path: String,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        format: FormatChoice,
+    },
+    Volumes,
+    Status {
+        #[serde(default)]
+        volume: Option<String>,
+    },
+    Detach {
+        volume: String,
+        #[serde(default)]
+        force: bool,
+    },
+}
+
+/// Frames from the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Reply {
+    Progress { done: u64, total: u64 },
+    Ok { result: serde_json::Value },
+    Error { code: ErrorKind, message: String },
+}
+
+/// `tokenctl status` without a volume.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub pid: u32,
+    pub mountpoint: String,
+    pub state_dir: String,
+    pub started: String,
+    pub uptime_secs: u64,
+    pub volumes: usize,
+    pub attached: usize,
+    pub open_files: usize,
+}
+
+/// Writes one frame.
+pub fn write_frame(w: &mut impl Write, value: &impl Serialize) -> Result<()> {
+    let body = serde_json::to_vec(value)
+        .map_err(|e| Error::new(ErrorKind::Protocol, format!("encoding a message: {e}")))?;
+    if body.len() > MAX_FRAME as usize {
+        return Err(Error::new(ErrorKind::Protocol, "message too large"));
+    }
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf)
+        .map_err(|e| Error::io("control socket: writing", e))?;
+    w.flush()
+        .map_err(|e| Error::io("control socket: writing", e))
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub fn read_frame(r: &mut impl Read) -> Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(Error::io("control socket: reading", e)),
+    }
+    let len = u32::from_be_bytes(len);
+    if len > MAX_FRAME {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!("control socket: frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)
+        .map_err(|e| Error::io("control socket: reading a frame body", e))?;
+    Ok(Some(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_roundtrip() {
+        let req = Request::Attach {
+            path: "/a.tar".into(),
+            name: Some("n".into()),
+            format: FormatChoice::Zip,
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &req).unwrap();
+        let mut r = &buf[..];
+        let body = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(serde_json::from_slice::<Request>(&body).unwrap(), req);
+        assert!(read_frame(&mut r).unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_and_truncated_frames_fail() {
+        let mut big = (MAX_FRAME + 1).to_be_bytes().to_vec();
+        big.extend_from_slice(b"{}");
+        assert_eq!(
+            read_frame(&mut &big[..]).unwrap_err().kind(),
+            ErrorKind::Protocol
+        );
+        let short = [0u8, 0, 0, 10, b'{'];
+        assert!(read_frame(&mut &short[..]).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_and_ops_are_rejected() {
+        assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"volumes","x":1}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"detach","volume":"a"}"#).unwrap(),
+            Request::Detach {
+                volume: "a".into(),
+                force: false
+            }
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! The `fsd mount` lifecycle: check the state directory and mountpoint, lock
+//! the state directory, open the catalog, reload volumes, serve the control
+//! socket and the FUSE session, and unmount cleanly on SIGTERM or SIGINT.
+
+mod service;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{SigSet, Signal};
+
+pub use self::service::Service;
+use crate::config::{self, Config};
+use crate::error::{Error, ErrorKind};
+use crate::fs::Core;
+use crate::fuse::FuseFs;
+use crate::store::catalog::Catalog;
+use crate::volume::manager::Manager;
+
+/// `fsd` exit codes; documented in the README ("Exit codes").
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const MOUNTPOINT: i32 = 3;
+    pub const STATE_DIR: i32 = 4;
+    pub const STATE_BUSY: i32 = 5;
+    pub const MOUNT_FAILED: i32 = 6;
+}
+
+/// A failure of `fsd mount` with the exit code it maps to.
+#[derive(Debug)]
+pub struct Fatal {
+    pub code: i32,
+    pub error: Error,
+}
+
+impl Fatal {
+    pub fn new(code: i32, error: Error) -> Self {
+        Fatal { code, error }
+    }
+}
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// Everything `fsd mount` needs to run.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub mountpoint: PathBuf,
+    pub state_dir: PathBuf,
+    pub config: Config,
+}
+
+/// Creates the state directory if needed and checks it is usable.
+pub fn prepare_state_dir(dir: &Path) -> std::result::Result<(), Fatal> {
+    let fail = |msg: String| {
+        Err(Fatal::new(
+            exit::STATE_DIR,
+            Error::new(ErrorKind::Invalid, msg),
+        ))
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => {
+            return fail(format!(
+                "state directory {}: not a directory",
+                dir.display()
+            ));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Err(e) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+            {
+                return fail(format!(
+                    "state directory {}: cannot create it: {e}",
+                    dir.display()
+                ));
+            }
+        }
+        Err(e) => return fail(format!("state directory {}: {e}", dir.display())),
+    }
+    let probe = dir.join(format!(".fsd-probe-{}", std::process::id()));
+    match File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => fail(format!(
+            "state directory {}: not writable: {e}",
+            dir.display()
+        )),
+    }
+}
+
+/// Holds the state directory's lock file for the life of the daemon.
+pub struct StateLock {
+    _lock: Flock<File>,
+}
+
+/// Takes the exclusive lock on `STATE/fsd.lock`, or explains who holds it.
+pub fn lock_state_dir(dir: &Path) -> std::result::Result<StateLock, Fatal> {
+    let path = dir.join("fsd.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| {
+            Fatal::new(
+                exit::STATE_DIR,
+                Error::io(format!("{}: cannot open the lock file", path.display()), e),
+            )
+        })?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let _ = lock.set_len(0);
+            let _ = writeln!(&mut *lock, "{}", std::process::id());
+            Ok(StateLock { _lock: lock })
+        }
+        Err((_, errno)) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {holder})")
+            };
+            Err(Fatal::new(
+                exit::STATE_BUSY,
+                Error::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "state directory {} is in use by another fsd{who}: {errno}; \
+                         use another --state or stop that daemon",
+                        dir.display()
+                    ),
+                ),
+            ))
+        }
+    }
+}
+
+/// Mount points of this mount namespace, unescaped from /proc/self/mountinfo.
+fn mount_points() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| {
+            // mountinfo escapes space, tab, newline and backslash as \ooo.
+            let b = p.as_bytes();
+            let mut out = Vec::with_capacity(b.len());
+            let mut i = 0;
+            while i < b.len() {
+                let octal = b
+                    .get(i + 1..i + 4)
+                    .and_then(|d| std::str::from_utf8(d).ok())
+                    .and_then(|d| u8::from_str_radix(d, 8).ok());
+                match (b[i], octal) {
+                    (b'\\', Some(v)) => {
+                        out.push(v);
+                        i += 4;
+                    }
+                    (c, _) => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            PathBuf::from(std::ffi::OsStr::from_bytes(&out))
+        })
+        .collect()
+}
+
+/// Checks that `mp` exists, is a directory and is not already mounted on.
+pub fn check_mountpoint(mp: &Path) -> std::result::Result<PathBuf, Fatal> {
+    let fail =
+        |kind: ErrorKind, msg: String| Err(Fatal::new(exit::MOUNTPOINT, Error::new(kind, msg)));
+    let shown = mp.display();
+    let canon = match std::fs::canonicalize(mp) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return fail(
+                ErrorKind::NotFound,
+                format!("mountpoint {shown}: no such directory"),
+            );
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return fail(
+                ErrorKind::Busy,
+                format!(
+                    "mountpoint {shown}: a dead FUSE mount is still there (transport endpoint is \
+                     not connected); run `fusermount3 -u {shown}` or `umount -l {shown}`"
+                ),
+            );
+        }
+        Err(e) => return fail(ErrorKind::Invalid, format!("mountpoint {shown}: {e}")),
+    };
+    match std::fs::metadata(&canon) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return fail(
+                ErrorKind::NotDir,
+                format!("mountpoint {shown}: not a directory"),
+            );
+        }
+        Err(e) => return fail(ErrorKind::Invalid, format!("mountpoint {shown}: {e}")),
+    }
+    if mount_points().iter().any(|p| p == &canon) {
+        return fail(
+            ErrorKind::Busy,
+            format!("mountpoint {shown}: something is already mounted there; unmount it first"),
+        );
+    }
+    Ok(canon)
+}
+
+/// Raises the kernel read-ahead of the mount so sequential reads arrive as
+/// 1 MiB requests. Best effort: a failure only costs speed.
+fn set_read_ahead(mountpoint: &Path, kb: u32) {
+    if kb == 0 {
+        return;
+    }
+    let Ok(m) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = m.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    match std::fs::write(&path, kb.to_string()) {
+        Ok(()) => tracing::debug!("read-ahead set to {kb} KiB ({path})"),
+        Err(e) => {
+            tracing::info!("cannot set read-ahead ({path}): {e}; sequential reads may be slower")
+        }
+    }
+}
+
+enum Event {
+    Signal(Signal),
+    SessionEnded(std::io::Result<()>),
+}
+
+/// Serves the mount until it is unmounted or the daemon is signalled.
+/// `ready` is called once the filesystem is mounted and the socket is up.
+pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(), Fatal> {
+    let failed = |e: Error| Fatal::new(exit::FAILED, e);
+    // Block the shutdown signals in every thread; one thread waits for them.
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        sigs.add(s);
+    }
+    sigs.thread_block()
+        .map_err(|e| failed(Error::new(ErrorKind::Io, format!("blocking signals: {e}"))))?;
+
+    let _lock = lock_state_dir(&opts.state_dir)?;
+    let catalog = Catalog::open(&opts.state_dir.join("catalog.db"))
+        .map_err(|e| Fatal::new(exit::STATE_DIR, e))?;
+    let catalog = Arc::new(catalog);
+    let core = Arc::new(Core::new());
+    let manager = Arc::new(Manager::new(
+        core.clone(),
+        catalog.clone(),
+        opts.state_dir.join("cache"),
+        Duration::from_secs(opts.config.mount.archive_ttl_secs),
+    ));
+    let (ok, missing) = manager.load_all().map_err(failed)?;
+    tracing::info!("{ok} volumes reloaded from the catalog, {missing} missing");
+
+    let socket = crate::control::server::Server::bind(&config::socket_path(&opts.state_dir))
+        .map_err(failed)?;
+
+    let mut fuse_cfg = fuser::Config::default();
+    fuse_cfg.mount_options = vec![
+        fuser::MountOption::FSName("fsd".into()),
+        fuser::MountOption::Subtype("fsd".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    if opts.config.mount.allow_other {
+        fuse_cfg.acl = fuser::SessionACL::All;
+    }
+    fuse_cfg.n_threads = Some(opts.config.mount.threads);
+    fuse_cfg.clone_fd = true;
+    let mut session = fuser::Session::new(FuseFs::new(core.clone()), &opts.mountpoint, &fuse_cfg)
+        .map_err(|e| {
+        Fatal::new(
+            exit::MOUNT_FAILED,
+            Error::new(
+                ErrorKind::Io,
+                format!(
+                    "cannot mount at {}: {e} (is /dev/fuse present and fuse3 installed? \
+                     run scripts/setup)",
+                    opts.mountpoint.display()
+                ),
+            ),
+        )
+    })?;
+    let mut unmounter = session.unmount_callable();
+    let notifier = session.notifier();
+    manager.set_invalidator(Box::new(move |parent, name| {
+        let _ = notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::from_bytes(name));
+    }));
+
+    let (tx, rx) = mpsc::channel::<Event>();
+    let session_tx = tx.clone();
+    let session_thread = std::thread::Builder::new()
+        .name("fsd-session".into())
+        .spawn(move || {
+            let r = session.run();
+            let _ = session_tx.send(Event::SessionEnded(r));
+        })
+        .map_err(|e| failed(Error::io("starting the FUSE session", e)))?;
+    std::thread::Builder::new()
+        .name("fsd-signals".into())
+        .spawn(move || {
+            while let Ok(sig) = sigs.wait() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| failed(Error::io("starting the signal thread", e)))?;
+
+    let service = Arc::new(Service::new(manager.clone(), opts));
+    let _control = socket.serve(service);
+    set_read_ahead(&opts.mountpoint, opts.config.mount.read_ahead_kb);
+    tracing::info!(
+        mountpoint = %opts.mountpoint.display(),
+        state = %opts.state_dir.display(),
+        "fsd is serving"
+    );
+    ready();
+
+    let mut result = Ok(());
+    loop {
+        match rx.recv() {
+            Ok(Event::Signal(sig)) => {
+                tracing::info!("{sig:?} received; unmounting {}", opts.mountpoint.display());
+                if let Err(e) = unmounter.unmount() {
+                    tracing::warn!(
+                        "unmount: {e}; the mount is busy, detaching it lazily and waiting for \
+                         open files to close"
+                    );
+                    let _ = nix::mount::umount2(&opts.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                }
+                break;
+            }
+            Ok(Event::SessionEnded(r)) => {
+                if let Err(e) = r {
+                    result = Err(failed(Error::io("FUSE session", e)));
+                }
+                tracing::info!("{} was unmounted", opts.mountpoint.display());
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    // Wait for in-flight requests to drain (the session ends when the kernel
+    // says the mount is gone), but not forever.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !session_thread.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !session_thread.is_finished() {
+        tracing::warn!("the FUSE session did not end within 30 s; exiting anyway");
+    } else {
+        let _ = session_thread.join();
+    }
+    if let Err(e) = catalog.sync() {
+        tracing::warn!("catalog checkpoint at exit: {e}");
+    }
+    tracing::info!("fsd stopped");
+    result
+}

@@ -1,0 +1,517 @@
+//! The catalog: one SQLite database in the state directory holding volumes,
+//! archive indexes and (in later schema versions) native metadata, tokens and
+//! jobs.
+//!
+//! The schema is versioned with `PRAGMA user_version` and upgraded by the
+//! ordered [`MIGRATIONS`], each in its own transaction, so a crash during an
+//! upgrade leaves the previous version intact. A catalog written by a newer
+//! fsd is refused rather than misread.
+//!
+//! WAL mode with `synchronous=NORMAL`: a committed transaction survives a
+//! crash of the daemon (it is in the WAL file, in the page cache); calls that
+//! promise durability against power loss (fsync) checkpoint explicitly with
+//! [`Catalog::sync`].
+
+use std::path::{Path, PathBuf};
+
+use parking_lot::{Mutex, MutexGuard};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Schema migrations; migration `i` takes the schema from version `i` to
+/// `i + 1`. Never edit a released entry: append a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: volumes and archive indexes.
+    r#"
+    CREATE TABLE volumes (
+        slot            INTEGER PRIMARY KEY AUTOINCREMENT,
+        id              TEXT NOT NULL UNIQUE,
+        name            TEXT UNIQUE,
+        kind            TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        format          TEXT,
+        medium_path     TEXT UNIQUE,
+        medium_size     INTEGER,
+        medium_mtime_ns INTEGER,
+        medium_sample   TEXT,
+        size            INTEGER NOT NULL DEFAULT 0,
+        files           INTEGER NOT NULL DEFAULT 0,
+        owner_uid       INTEGER NOT NULL DEFAULT 0,
+        created_ns      INTEGER NOT NULL,
+        updated_ns      INTEGER NOT NULL
+    );
+    CREATE TABLE archive_index (
+        slot    INTEGER PRIMARY KEY REFERENCES volumes(slot) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        blob    BLOB NOT NULL
+    );
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE events (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ns   INTEGER NOT NULL,
+        volume  TEXT,
+        level   TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    "#,
+];
+
+/// A volume as the catalog stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRecord {
+    pub slot: u32,
+    pub id: String,
+    pub name: Option<String>,
+    pub kind: String,
+    pub state: String,
+    pub format: Option<String>,
+    pub medium_path: Option<String>,
+    pub medium_size: Option<u64>,
+    pub medium_mtime_ns: Option<i64>,
+    pub medium_sample: Option<String>,
+    pub size: u64,
+    pub files: u64,
+    /// The uid that attached or created the volume; it (or root) may detach
+    /// or destroy it.
+    pub owner_uid: u32,
+    pub created_ns: i64,
+}
+
+const VOLUME_COLS: &str = "slot, id, name, kind, state, format, medium_path, medium_size, \
+                           medium_mtime_ns, medium_sample, size, files, created_ns, owner_uid";
+
+fn volume_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRecord> {
+    Ok(VolumeRecord {
+        slot: r.get(0)?,
+        id: r.get(1)?,
+        name: r.get(2)?,
+        kind: r.get(3)?,
+        state: r.get(4)?,
+        format: r.get(5)?,
+        medium_path: r.get(6)?,
+        medium_size: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        medium_mtime_ns: r.get(8)?,
+        medium_sample: r.get(9)?,
+        size: r.get::<_, i64>(10)? as u64,
+        files: r.get::<_, i64>(11)? as u64,
+        created_ns: r.get(12)?,
+        owner_uid: r.get(13)?,
+    })
+}
+
+fn now_ns() -> i64 {
+    crate::fs::types::Timespec::now().as_nanos()
+}
+
+/// The catalog. One connection behind a mutex: every statement is short, and
+/// SQLite serialises writers anyway.
+pub struct Catalog {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) and migrates the catalog at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("{}: cannot open the catalog: {e}", path.display()),
+            )
+        })?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=NORMAL;
+             PRAGMA foreign_keys=ON;
+             PRAGMA busy_timeout=10000;",
+        )
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("{}: cannot configure the catalog: {e}", path.display()),
+            )
+        })?;
+        let cat = Catalog {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        };
+        cat.migrate()?;
+        Ok(cat)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Exclusive access to the connection, for modules that own tables.
+    pub fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock()
+    }
+
+    pub fn schema_version(&self) -> Result<u32> {
+        Ok(self
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn();
+        let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let latest = MIGRATIONS.len() as u32;
+        if current > latest {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{}: catalog schema version {current} is newer than this fsd supports \
+                     ({latest}); upgrade fsd",
+                    self.path.display()
+                ),
+            ));
+        }
+        for v in current..latest {
+            let tx = conn.transaction()?;
+            tx.execute_batch(MIGRATIONS[v as usize]).map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("catalog migration to version {}: {e}", v + 1),
+                )
+            })?;
+            tx.pragma_update(None, "user_version", v + 1)?;
+            tx.commit()?;
+            tracing::info!("catalog migrated to schema version {}", v + 1);
+        }
+        Ok(())
+    }
+
+    /// Makes every committed transaction durable against power loss.
+    pub fn sync(&self) -> Result<()> {
+        self.conn()
+            .query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    // ----- settings -----
+
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO settings(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    // ----- volumes -----
+
+    pub fn volumes(&self) -> Result<Vec<VolumeRecord>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("SELECT {VOLUME_COLS} FROM volumes ORDER BY slot"))?;
+        let rows = st.query_map([], volume_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Finds a volume by ID or, failing that, by name.
+    pub fn find_volume(&self, id_or_name: &str) -> Result<Option<VolumeRecord>> {
+        let conn = self.conn();
+        let by_id = conn
+            .query_row(
+                &format!("SELECT {VOLUME_COLS} FROM volumes WHERE id = ?1"),
+                [id_or_name],
+                volume_row,
+            )
+            .optional()?;
+        if by_id.is_some() {
+            return Ok(by_id);
+        }
+        Ok(conn
+            .query_row(
+                &format!("SELECT {VOLUME_COLS} FROM volumes WHERE name = ?1"),
+                [id_or_name],
+                volume_row,
+            )
+            .optional()?)
+    }
+
+    pub fn find_by_medium(&self, path: &str) -> Result<Option<VolumeRecord>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {VOLUME_COLS} FROM volumes WHERE medium_path = ?1"),
+                [path],
+                volume_row,
+            )
+            .optional()?)
+    }
+
+    pub fn name_taken(&self, name: &str, except_slot: Option<u32>) -> Result<bool> {
+        let n: i64 = self.conn().query_row(
+            "SELECT count(*) FROM volumes WHERE (name = ?1 OR id = ?1) AND slot IS NOT ?2",
+            params![name, except_slot],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Inserts a volume (and its archive index, if any) in one transaction,
+    /// so a failure leaves no half volume. Returns the new slot.
+    pub fn insert_volume(&self, v: &VolumeRecord, index: Option<(u32, &[u8])>) -> Result<u32> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ns();
+        tx.execute(
+            "INSERT INTO volumes (id, name, kind, state, format, medium_path, medium_size,
+                                  medium_mtime_ns, medium_sample, size, files, created_ns, updated_ns,
+                                  owner_uid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13)",
+            params![
+                v.id,
+                v.name,
+                v.kind,
+                v.state,
+                v.format,
+                v.medium_path,
+                v.medium_size.map(|s| s as i64),
+                v.medium_mtime_ns,
+                v.medium_sample,
+                v.size as i64,
+                v.files as i64,
+                now,
+                v.owner_uid
+            ],
+        )
+        .map_err(|e| unique_violation(e, v))?;
+        let slot = tx.last_insert_rowid() as u32;
+        if let Some((version, blob)) = index {
+            tx.execute(
+                "INSERT INTO archive_index (slot, version, blob) VALUES (?1, ?2, ?3)",
+                params![slot, version, blob],
+            )?;
+        }
+        tx.commit()?;
+        Ok(slot)
+    }
+
+    /// Replaces a volume's medium identity and index after re-indexing.
+    pub fn update_medium(&self, v: &VolumeRecord, index: Option<(u32, &[u8])>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE volumes SET format = ?2, medium_size = ?3, medium_mtime_ns = ?4,
+                    medium_sample = ?5, size = ?6, files = ?7, updated_ns = ?8
+             WHERE slot = ?1",
+            params![
+                v.slot,
+                v.format,
+                v.medium_size.map(|s| s as i64),
+                v.medium_mtime_ns,
+                v.medium_sample,
+                v.size as i64,
+                v.files as i64,
+                now_ns()
+            ],
+        )?;
+        if let Some((version, blob)) = index {
+            tx.execute(
+                "INSERT INTO archive_index (slot, version, blob) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(slot) DO UPDATE SET version = excluded.version, blob = excluded.blob",
+                params![v.slot, version, blob],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn set_state(&self, slot: u32, state: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE volumes SET state = ?2, updated_ns = ?3 WHERE slot = ?1",
+            params![slot, state, now_ns()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_name(&self, slot: u32, name: Option<&str>) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE volumes SET name = ?2, updated_ns = ?3 WHERE slot = ?1",
+                params![slot, name, now_ns()],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Error::new(
+                        ErrorKind::Exists,
+                        format!("volume name {:?} is already in use", name.unwrap_or("")),
+                    )
+                }
+                e => e.into(),
+            })?;
+        Ok(())
+    }
+
+    pub fn delete_volume(&self, slot: u32) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM volumes WHERE slot = ?1", [slot])?;
+        Ok(())
+    }
+
+    /// The stored archive index of a volume: (format version, bytes).
+    pub fn archive_index(&self, slot: u32) -> Result<Option<(u32, Vec<u8>)>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT version, blob FROM archive_index WHERE slot = ?1",
+                [slot],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Records an event for `tokenctl status` and later inspection.
+    pub fn event(&self, volume: Option<&str>, level: &str, message: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO events (at_ns, volume, level, message) VALUES (?1, ?2, ?3, ?4)",
+            params![now_ns(), volume, level, message],
+        )?;
+        Ok(())
+    }
+}
+
+fn unique_violation(e: rusqlite::Error, v: &VolumeRecord) -> Error {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, msg)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            let what = msg.as_deref().unwrap_or("");
+            if what.contains("volumes.name") {
+                Error::new(
+                    ErrorKind::Exists,
+                    format!(
+                        "volume name {:?} is already in use",
+                        v.name.as_deref().unwrap_or("")
+                    ),
+                )
+            } else if what.contains("medium_path") {
+                Error::new(
+                    ErrorKind::Exists,
+                    format!(
+                        "{} is already attached",
+                        v.medium_path.as_deref().unwrap_or("")
+                    ),
+                )
+            } else {
+                Error::new(ErrorKind::Exists, format!("catalog: {e}"))
+            }
+        }
+        _ => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, name: Option<&str>, medium: Option<&str>) -> VolumeRecord {
+        VolumeRecord {
+            slot: 0,
+            id: id.into(),
+            name: name.map(Into::into),
+            kind: "archive".into(),
+            state: "attached".into(),
+            format: Some("tar".into()),
+            medium_path: medium.map(Into::into),
+            medium_size: Some(10),
+            medium_mtime_ns: Some(5),
+            medium_sample: Some("ab".into()),
+            size: 10,
+            files: 2,
+            owner_uid: 0,
+            created_ns: 0,
+        }
+    }
+
+    #[test]
+    fn migrates_and_reopens() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.db");
+        let c = Catalog::open(&p).unwrap();
+        assert_eq!(c.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        let slot = c
+            .insert_volume(&rec("vol-1", Some("a"), Some("/m.tar")), Some((1, b"idx")))
+            .unwrap();
+        drop(c);
+        let c = Catalog::open(&p).unwrap();
+        let v = c.find_volume("a").unwrap().unwrap();
+        assert_eq!(v.slot, slot);
+        assert_eq!(v.id, "vol-1");
+        assert_eq!(
+            c.archive_index(slot).unwrap().unwrap(),
+            (1, b"idx".to_vec())
+        );
+        assert_eq!(c.find_by_medium("/m.tar").unwrap().unwrap().slot, slot);
+    }
+
+    #[test]
+    fn refuses_newer_schema() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.db");
+        drop(Catalog::open(&p).unwrap());
+        let conn = Connection::open(&p).unwrap();
+        conn.pragma_update(None, "user_version", 999).unwrap();
+        drop(conn);
+        let e = Catalog::open(&p).err().unwrap();
+        assert!(e.to_string().contains("newer than this fsd"), "{e}");
+    }
+
+    #[test]
+    fn unique_names_and_media() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&d.path().join("c.db")).unwrap();
+        c.insert_volume(&rec("vol-1", Some("a"), Some("/m1")), None)
+            .unwrap();
+        let e = c
+            .insert_volume(&rec("vol-2", Some("a"), Some("/m2")), None)
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), ErrorKind::Exists);
+        assert!(e.to_string().contains("name"), "{e}");
+        let e = c
+            .insert_volume(&rec("vol-3", None, Some("/m1")), None)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("already attached"), "{e}");
+        assert!(c.name_taken("a", None).unwrap());
+        assert!(c.name_taken("vol-1", None).unwrap());
+        let s = c.find_volume("vol-1").unwrap().unwrap().slot;
+        assert!(!c.name_taken("a", Some(s)).unwrap());
+    }
+
+    #[test]
+    fn slots_are_never_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&d.path().join("c.db")).unwrap();
+        let s1 = c
+            .insert_volume(&rec("vol-1", None, None), Some((1, b"x")))
+            .unwrap();
+        c.delete_volume(s1).unwrap();
+        assert!(
+            c.archive_index(s1).unwrap().is_none(),
+            "index deleted with volume"
+        );
+        let s2 = c.insert_volume(&rec("vol-2", None, None), None).unwrap();
+        assert!(s2 > s1);
+    }
+}

@@ -1,0 +1,188 @@
+//! Human and JSON output of tokenctl.
+//!
+//! Human output goes to stdout when it is the answer (an ID, a table) and to
+//! stderr when it is commentary, so `ID=$(tokenctl attach x.tar)` works.
+//! `--json` prints the daemon's reply unchanged on stdout.
+
+use std::time::Duration;
+
+use fsd::control::DaemonStatus;
+use fsd::error::{Error, ErrorKind};
+use fsd::fs::VolumeInfo;
+use fsd::util::human_bytes;
+use fsd::volume::manager::{Attached, VolumeStatus};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::de::DeserializeOwned;
+
+pub struct Output {
+    pub json: bool,
+}
+
+fn decode<T: DeserializeOwned>(v: &serde_json::Value) -> Result<T, Error> {
+    serde_json::from_value(v.clone()).map_err(|e| {
+        Error::new(
+            ErrorKind::Protocol,
+            format!("unexpected reply from fsd: {e}"),
+        )
+    })
+}
+
+impl Output {
+    fn json(&self, v: &serde_json::Value) -> bool {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        }
+        self.json
+    }
+
+    pub fn attached(&self, v: &serde_json::Value, took: Duration) -> Result<(), Error> {
+        if self.json(v) {
+            return Ok(());
+        }
+        let a: Attached = decode(v)?;
+        println!("{}", a.volume.id);
+        let what = if a.already_attached {
+            "already attached"
+        } else if a.indexed {
+            "indexed and attached"
+        } else {
+            "attached (index reused)"
+        };
+        eprintln!(
+            "{}: {what}{}, {} files, {} in {:.2} s",
+            a.volume.medium.as_deref().unwrap_or(""),
+            a.volume
+                .name
+                .as_deref()
+                .map(|n| format!(" as {n:?}"))
+                .unwrap_or_default(),
+            a.volume.files,
+            human_bytes(a.volume.size),
+            took.as_secs_f64()
+        );
+        Ok(())
+    }
+
+    pub fn volumes(&self, v: &serde_json::Value) -> Result<(), Error> {
+        if self.json(v) {
+            return Ok(());
+        }
+        let vols: Vec<VolumeInfo> = decode(v)?;
+        let name_w = vols
+            .iter()
+            .map(|v| v.name.as_deref().unwrap_or("-").len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        println!(
+            "{:<20}  {:<name_w$}  {:<8}  {:<9}  {:>10}  {:>8}",
+            "ID", "NAME", "KIND", "STATE", "SIZE", "FILES"
+        );
+        for v in vols {
+            println!(
+                "{:<20}  {:<name_w$}  {:<8}  {:<9}  {:>10}  {:>8}",
+                v.id,
+                v.name.as_deref().unwrap_or("-"),
+                v.kind,
+                v.state,
+                human_bytes(v.size),
+                v.files
+            );
+        }
+        Ok(())
+    }
+
+    pub fn status(&self, v: &serde_json::Value, one_volume: bool) -> Result<(), Error> {
+        if self.json(v) {
+            return Ok(());
+        }
+        if one_volume {
+            let s: VolumeStatus = decode(v)?;
+            let i = &s.info;
+            println!("id:          {}", i.id);
+            println!("name:        {}", i.name.as_deref().unwrap_or("-"));
+            println!("kind:        {}", i.kind);
+            println!("state:       {}", i.state);
+            if let Some(f) = &i.format {
+                println!("format:      {f}");
+            }
+            if let Some(m) = &i.medium {
+                println!("medium:      {m}");
+            }
+            println!("size:        {} ({} bytes)", human_bytes(i.size), i.size);
+            println!("files:       {}", i.files);
+            println!("open files:  {}", s.open_files);
+            println!("created:     {}", s.created);
+            if let Some(ix) = &s.index {
+                println!(
+                    "index:       {} members, {} dirs, {} symlinks, {} hard links",
+                    ix.members, ix.dirs, ix.symlinks, ix.hardlinks
+                );
+                println!(
+                    "names:       {} sanitised, {} replaced by later members, {} skipped",
+                    ix.sanitized, ix.replaced, ix.skipped
+                );
+                for w in &ix.warnings {
+                    println!("warning:     {w}");
+                }
+            }
+        } else {
+            let s: DaemonStatus = decode(v)?;
+            println!("fsd {} (pid {})", s.version, s.pid);
+            println!("mountpoint:  {}", s.mountpoint);
+            println!("state:       {}", s.state_dir);
+            println!("started:     {} ({} s ago)", s.started, s.uptime_secs);
+            println!("volumes:     {} ({} attached)", s.volumes, s.attached);
+            println!("open files:  {}", s.open_files);
+        }
+        Ok(())
+    }
+
+    pub fn detached(&self, v: &serde_json::Value) -> Result<(), Error> {
+        if self.json(v) {
+            return Ok(());
+        }
+        let i: VolumeInfo = decode(v)?;
+        eprintln!("detached {}", i.id);
+        Ok(())
+    }
+}
+
+/// A progress bar on a terminal; nothing otherwise.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    pub fn new(enabled: bool, what: &str) -> Self {
+        let bar = enabled.then(|| {
+            let b = ProgressBar::hidden();
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_message(what.to_string());
+            b
+        });
+        Progress { bar }
+    }
+
+    pub fn update(&mut self, done: u64, total: u64) {
+        if let Some(b) = &self.bar {
+            if b.is_hidden() {
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            b.set_length(total);
+            b.set_position(done);
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
