@@ -7,7 +7,7 @@ mod service;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -265,6 +265,8 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
     sigs.thread_block()
         .map_err(|e| failed(Error::new(ErrorKind::Io, format!("blocking signals: {e}"))))?;
 
+    // Catalog, chunks and caches are private to the daemon's user.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let _lock = lock_state_dir(&opts.state_dir)?;
     let catalog = Catalog::open(&opts.state_dir.join("catalog.db"))
         .map_err(|e| Fatal::new(exit::STATE_DIR, e))?;

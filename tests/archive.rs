@@ -1,0 +1,770 @@
+//! Archive volumes against a real mount: every fixture is built by GNU tar,
+//! Info-ZIP zip or Python's zipfile, extracted by `tar -x` / `unzip` as the
+//! reference, and compared file by file with what the mount shows.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// Sets a path's atime and mtime without following symlinks.
+fn set_mtime(p: &Path, secs: i64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let t = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: 0,
+    };
+    let ts = [t, t];
+    // SAFETY: valid C string and array of two timespecs.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    assert_eq!(r, 0, "utimensat {}", p.display());
+}
+
+fn write(p: &Path, data: &[u8], mode: u32, mtime: i64) {
+    std::fs::write(p, data).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    set_mtime(p, mtime);
+}
+
+/// A tree with every kind of member the formats must carry.
+struct TreeOpts {
+    long_names: bool,
+    non_utf8: bool,
+    hardlinks: bool,
+    sparse: bool,
+}
+
+fn make_tree(root: &Path, o: &TreeOpts) {
+    let d = |p: &str| {
+        let p = root.join(p);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+    d("a/b/c");
+    d("empty");
+    write(&root.join("zero"), b"", 0o644, 1_000_000_000);
+    write(&root.join("one"), b"x", 0o600, 1_100_000_000);
+    write(&root.join("a/exec.sh"), b"#!/bin/sh\necho hi\n", 0o755, 1_200_000_000);
+    write(&root.join("a/b/4k"), &pattern(1, 4096), 0o640, 1_300_000_000);
+    write(&root.join("a/b/4k+1"), &pattern(2, 4097), 0o644, 1_300_000_001);
+    write(&root.join("a/b/c/big"), &pattern(3, 3 * 1024 * 1024 + 17), 0o644, 1_400_000_000);
+    write(&root.join("a/setuid"), b"s", 0o4755, 1_400_000_001);
+    write(&root.join("Ünïcødé ✓.txt"), "utf-8 name".as_bytes(), 0o644, 1_500_000_000);
+    write(&root.join("with space"), b"space", 0o644, 1_500_000_001);
+    std::os::unix::fs::symlink("a/b/4k", root.join("rel-link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    std::os::unix::fs::symlink("../exec.sh", root.join("a/b/up-link")).unwrap();
+    if o.long_names {
+        let long = "L".repeat(120);
+        let deep = root.join(format!("{long}/{long}"));
+        std::fs::create_dir_all(&deep).unwrap();
+        write(&deep.join(format!("{long}.txt")), b"deep", 0o644, 1_600_000_000);
+        let target = format!("{long}/{long}/{long}.txt");
+        std::os::unix::fs::symlink(&target, root.join("long-link")).unwrap();
+        set_mtime(&deep, 1_600_000_100);
+        set_mtime(&root.join(&long), 1_600_000_200);
+    }
+    if o.non_utf8 {
+        let name = OsStr::from_bytes(b"caf\xe9-latin1");
+        write(&root.join(name), b"latin-1 name", 0o644, 1_650_000_000);
+    }
+    if o.hardlinks {
+        write(&root.join("a/hard1"), &pattern(4, 5000), 0o644, 1_700_000_000);
+        std::fs::hard_link(root.join("a/hard1"), root.join("hard2")).unwrap();
+        std::fs::hard_link(root.join("a/hard1"), root.join("a/b/hard3")).unwrap();
+    }
+    if o.sparse {
+        let f = std::fs::File::create(root.join("sparse")).unwrap();
+        f.set_len(5 * 1024 * 1024 + 123).unwrap();
+        f.write_all_at(b"start", 0).unwrap();
+        f.write_all_at(&pattern(5, 70_000), 2 * 1024 * 1024).unwrap();
+        f.write_all_at(b"end", 5 * 1024 * 1024 + 120).unwrap();
+        drop(f);
+        set_mtime(&root.join("sparse"), 1_750_000_000);
+    }
+    for (p, t) in [("a/b/c", 1_800_000_000), ("a/b", 1_800_000_001), ("a", 1_800_000_002), ("empty", 1_800_000_003)] {
+        set_mtime(&root.join(p), t);
+    }
+}
+
+fn all_opts() -> TreeOpts {
+    TreeOpts {
+        long_names: true,
+        non_utf8: true,
+        hardlinks: true,
+        sparse: true,
+    }
+}
+
+/// Extracts with GNU tar as the reference (root keeps owners and modes).
+fn tar_extract(archive: &Path, into: &Path) {
+    std::fs::create_dir_all(into).unwrap();
+    run(Command::new("tar")
+        .args(["-xpf"])
+        .arg(archive)
+        .args(["--numeric-owner", "-C"])
+        .arg(into));
+}
+
+fn unzip_extract(archive: &Path, into: &Path) {
+    std::fs::create_dir_all(into).unwrap();
+    run(Command::new("unzip").arg("-qX").arg(archive).arg("-d").arg(into));
+}
+
+/// Compares the volume with the reference in every way the issue lists.
+fn check_volume(d: &Daemon, id: &str, reference: &Path, check_owner: bool) {
+    let vol = d.vol(id);
+    let got = listing(&vol);
+    let want = listing(reference);
+    assert_same_tree(&got, &want, id, true);
+    if check_owner {
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!((g.uid, g.gid), (w.uid, w.gid), "{}: owner", String::from_utf8_lossy(&g.path));
+        }
+    }
+    // rsync -a from the mount into a fresh directory is identical to the
+    // reference, as diff -r sees it.
+    let copy = d.dir.path().join(format!("rsync-{id}"));
+    run(Command::new("rsync")
+        .arg("-a")
+        .arg(format!("{}/", vol.display()))
+        .arg(&copy));
+    run(Command::new("diff").args(["-r", "--no-dereference"]).arg(reference).arg(&copy));
+    assert_same_tree(&listing(&copy), &want, "rsync copy", true);
+    // find sees the same number of entries.
+    let count = |p: &Path| sh(p, "find . | wc -l").trim().to_string();
+    assert_eq!(count(&vol), count(reference));
+    // sha256sum over the mount agrees with sha256sum over the reference.
+    let sums = |p: &Path| sh(p, "find . -type f -print0 | sort -z | xargs -0 -r sha256sum");
+    assert_eq!(sums(&vol), sums(reference));
+}
+
+/// 16 threads reading random ranges of every regular file.
+fn concurrent_reads(vol: &Path, reference: &Path) {
+    let files: Vec<(PathBuf, Vec<u8>)> = listing(reference)
+        .into_iter()
+        .filter(|e| e.kind == 'f' && e.size > 0)
+        .map(|e| {
+            let rel = PathBuf::from(OsStr::from_bytes(&e.path));
+            (rel.clone(), std::fs::read(reference.join(&rel)).unwrap())
+        })
+        .collect();
+    let files = std::sync::Arc::new(files);
+    let threads: Vec<_> = (0..16u64)
+        .map(|t| {
+            let files = files.clone();
+            let vol = vol.to_path_buf();
+            std::thread::spawn(move || {
+                let mut x = t.wrapping_mul(0x9E37_79B9) | 1;
+                let mut next = || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                for _ in 0..300 {
+                    let (rel, data) = &files[(next() % files.len() as u64) as usize];
+                    let f = std::fs::File::open(vol.join(rel)).unwrap();
+                    let off = next() % data.len() as u64;
+                    let len = (next() % 300_000) as usize + 1;
+                    let mut buf = vec![0u8; len];
+                    let n = f.read_at(&mut buf, off).unwrap();
+                    let end = (off as usize + len).min(data.len());
+                    assert_eq!(n, end - off as usize, "{}: short read at {off}", rel.display());
+                    assert_eq!(&buf[..n], &data[off as usize..end], "{}: bytes at {off}", rel.display());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("reader thread failed");
+    }
+}
+
+fn tar_fixture(d: &Daemon, format: &str, extra: &[&str], o: &TreeOpts) -> (PathBuf, PathBuf) {
+    let src = d.dir.path().join(format!("src-{format}"));
+    std::fs::create_dir(&src).unwrap();
+    make_tree(&src, o);
+    let archive = d.dir.path().join(format!("{format}.tar"));
+    run(Command::new("tar")
+        .arg(format!("--format={format}"))
+        .args(extra)
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&src)
+        .arg("."));
+    let reference = d.dir.path().join(format!("ref-{format}"));
+    tar_extract(&archive, &reference);
+    (archive, reference)
+}
+
+#[test]
+fn gnu_tar_matches_tar_x() {
+    let d = Daemon::start();
+    let (archive, reference) = tar_fixture(&d, "gnu", &["--sparse"], &all_opts());
+    let id = d.attach(&archive);
+    check_volume(&d, &id, &reference, true);
+    concurrent_reads(&d.vol(&id), &reference);
+    // The whole medium is exposed read-only.
+    run(Command::new("cmp").arg(d.mnt.join("media").join(&id)).arg(&archive));
+}
+
+#[test]
+fn pax_tar_matches_tar_x() {
+    let d = Daemon::start();
+    let (archive, reference) = tar_fixture(&d, "pax", &["--sparse"], &all_opts());
+    let id = d.attach(&archive);
+    check_volume(&d, &id, &reference, true);
+    concurrent_reads(&d.vol(&id), &reference);
+}
+
+#[test]
+fn ustar_and_v7_match_tar_x() {
+    let d = Daemon::start();
+    let small = TreeOpts {
+        long_names: false,
+        non_utf8: true,
+        hardlinks: true,
+        sparse: false,
+    };
+    for format in ["ustar", "v7"] {
+        let (archive, reference) = tar_fixture(&d, format, &[], &small);
+        let id = d.attach(&archive);
+        check_volume(&d, &id, &reference, format == "ustar");
+    }
+}
+
+#[test]
+fn pax_sparse_versions_match_tar_x() {
+    let d = Daemon::start();
+    let o = TreeOpts {
+        long_names: false,
+        non_utf8: false,
+        hardlinks: false,
+        sparse: true,
+    };
+    for v in ["0.0", "0.1", "1.0"] {
+        let src = d.dir.path().join(format!("src-{v}"));
+        std::fs::create_dir(&src).unwrap();
+        make_tree(&src, &o);
+        let archive = d.dir.path().join(format!("sparse-{v}.tar"));
+        run(Command::new("tar")
+            .args(["--format=pax", "--sparse"])
+            .arg(format!("--sparse-version={v}"))
+            .arg("-cf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&src)
+            .arg("."));
+        let reference = d.dir.path().join(format!("ref-{v}"));
+        tar_extract(&archive, &reference);
+        let id = d.attach(&archive);
+        check_volume(&d, &id, &reference, true);
+    }
+}
+
+#[test]
+fn info_zip_matches_unzip() {
+    let d = Daemon::start();
+    let src = d.dir.path().join("src-zip");
+    std::fs::create_dir(&src).unwrap();
+    make_tree(
+        &src,
+        &TreeOpts {
+            long_names: true,
+            non_utf8: false,
+            hardlinks: false,
+            sparse: false,
+        },
+    );
+    let archive = d.dir.path().join("info.zip");
+    sh(&src, &format!("zip -qry {} .", archive.display()));
+    let reference = d.dir.path().join("ref-zip");
+    unzip_extract(&archive, &reference);
+    let id = d.attach(&archive);
+    check_volume(&d, &id, &reference, false);
+    concurrent_reads(&d.vol(&id), &reference);
+    // Stored (zip -0) and forced zip64 (zip -fz) variants.
+    for (name, flags) in [("stored.zip", "-0"), ("zip64.zip", "-fz")] {
+        let a = d.dir.path().join(name);
+        sh(&src, &format!("zip -qry {flags} {} .", a.display()));
+        let r = d.dir.path().join(format!("ref-{name}"));
+        unzip_extract(&a, &r);
+        let id = d.attach(&a);
+        check_volume(&d, &id, &r, false);
+    }
+}
+
+#[test]
+fn python_zipfile_matches_unzip() {
+    let d = Daemon::start();
+    let archive = d.dir.path().join("py.zip");
+    let script = r#"
+import sys, zipfile, time
+big = bytes((i * 7 + 3) % 251 for i in range(3 * 1024 * 1024 + 5))
+with zipfile.ZipFile(sys.argv[1], "w") as z:
+    def add(name, data, mode, method=zipfile.ZIP_DEFLATED, date=(2020, 5, 17, 10, 30, 20), force64=False):
+        zi = zipfile.ZipInfo(name, date_time=date)
+        zi.external_attr = mode << 16
+        zi.create_system = 3
+        zi.compress_type = method
+        if force64:
+            with z.open(zi, "w", force_zip64=True) as f:
+                f.write(data)
+        else:
+            z.writestr(zi, data)
+    add("dir/", b"", 0o40755)
+    add("dir/deflated.txt", b"hello deflate\n" * 1000, 0o100644)
+    add("dir/stored.bin", bytes(range(256)) * 40, 0o100600, zipfile.ZIP_STORED)
+    add("dir/big.bin", big, 0o100644)
+    add("dir/big-stored.bin", big, 0o100640, zipfile.ZIP_STORED)
+    add("exec", b"#!/bin/sh\n", 0o100755)
+    add("empty", b"", 0o100644)
+    add("link", b"dir/deflated.txt", 0o120777, zipfile.ZIP_STORED)
+    add("implicit/child.txt", b"parent dir has no entry", 0o100644)
+    add("z64.bin", b"forced zip64" * 100, 0o100644, force64=True)
+"#;
+    run(Command::new("python3").arg("-c").arg(script).arg(&archive));
+    let reference = d.dir.path().join("ref");
+    unzip_extract(&archive, &reference);
+    let id = d.attach(&archive);
+    // unzip gives implicit directories the current time; skip dir mtimes.
+    let got = listing(&d.vol(&id));
+    let want = listing(&reference);
+    assert_same_tree(&got, &want, "python zip", false);
+    concurrent_reads(&d.vol(&id), &reference);
+}
+
+#[test]
+fn real_world_crate_and_wheel() {
+    let d = Daemon::start();
+    // A .crate from cargo's cache (written by crates.io, not by us),
+    // decompressed to a plain tar.
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let crate_file = sh(
+        &home,
+        "find registry/cache -name 'fuser-*.crate' -o -name 'tar-*.crate' | sort | head -n 1",
+    );
+    let crate_file = home.join(crate_file.trim());
+    assert!(crate_file.is_file(), "no .crate in {}", home.display());
+    let tar = d.dir.path().join("real.tar");
+    sh(
+        d.dir.path(),
+        &format!("gzip -dc {} > {}", crate_file.display(), tar.display()),
+    );
+    let reference = d.dir.path().join("ref-crate");
+    tar_extract(&tar, &reference);
+    let id = d.attach(&tar);
+    check_volume(&d, &id, &reference, true);
+
+    // A wheel bundled with CPython's ensurepip, as a zip.
+    let wheel = run(Command::new("python3").arg("-c").arg(
+        "import ensurepip, glob, os; \
+         print(sorted(glob.glob(os.path.join(os.path.dirname(ensurepip.__file__), '_bundled', '*.whl')))[0])",
+    ));
+    let wheel = PathBuf::from(wheel.trim());
+    let reference = d.dir.path().join("ref-wheel");
+    unzip_extract(&wheel, &reference);
+    let id = d.attach(&wheel);
+    let got = listing(&d.vol(&id));
+    let want = listing(&reference);
+    // Wheels carry no directory entries, so unzip stamps directories with
+    // the current time; compare files fully and directories by presence.
+    assert_same_tree(&got, &want, "wheel", false);
+}
+
+#[test]
+fn member_over_8_gib() {
+    let d = Daemon::start();
+    let archive = d.dir.path().join("huge.tar");
+    // GNU tar stores a 9 GiB size in base-256. The archive file is sparse on
+    // disk, so it costs little space; the data is zeros except a marker.
+    let script = r#"
+import sys, tarfile
+size = 9 * 1024**3 + 5
+ti = tarfile.TarInfo("huge.bin"); ti.size = size; ti.mode = 0o644; ti.mtime = 1700000000
+hdr = ti.tobuf(format=tarfile.GNU_FORMAT)
+with open(sys.argv[1], "wb") as f:
+    f.write(hdr)
+    f.seek(len(hdr) + size - 5); f.write(b"MARK!")
+    pad = (512 - size % 512) % 512
+    f.write(b"\0" * pad + b"\0" * 1024)
+"#;
+    run(Command::new("python3").arg("-c").arg(script).arg(&archive));
+    let listed = run(Command::new("tar").arg("-tvf").arg(&archive));
+    assert!(listed.contains("9663676421"), "tar -tv: {listed}");
+    let id = d.attach(&archive);
+    let f = d.vol(&id).join("huge.bin");
+    let m = std::fs::metadata(&f).unwrap();
+    assert_eq!(m.len(), 9 * 1024u64.pow(3) + 5);
+    let file = std::fs::File::open(&f).unwrap();
+    let mut buf = [0u8; 10];
+    file.read_exact_at(&mut buf, m.len() - 10).unwrap();
+    assert_eq!(&buf, b"\0\0\0\0\0MARK!");
+    file.read_exact_at(&mut buf, 8 * 1024u64.pow(3) + 1).unwrap();
+    assert_eq!(buf, [0u8; 10]);
+}
+
+#[test]
+fn hostile_names_stay_inside_the_volume() {
+    let d = Daemon::start();
+    let archive = d.dir.path().join("evil.tar");
+    let script = r#"
+import sys, tarfile, io
+with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as t:
+    def add(name, data):
+        ti = tarfile.TarInfo(name); ti.size = len(data); ti.mtime = 1600000000
+        t.addfile(ti, io.BytesIO(data))
+    add("../../escape", b"dotdot")
+    add("/abs/path", b"absolute")
+    add("a/../../b", b"middle")
+    add("dup", b"first")
+    add("./dup", b"second")
+"#;
+    run(Command::new("python3").arg("-c").arg(script).arg(&archive));
+    let id = d.attach(&archive);
+    let v = d.vol(&id);
+    assert_eq!(std::fs::read(v.join("escape")).unwrap(), b"dotdot");
+    assert_eq!(std::fs::read(v.join("abs/path")).unwrap(), b"absolute");
+    assert_eq!(std::fs::read(v.join("a/b")).unwrap(), b"middle");
+    assert_eq!(std::fs::read(v.join("dup")).unwrap(), b"second", "the later member wins");
+    assert!(!d.dir.path().join("escape").exists());
+    let st = d.json(&["status", &id]);
+    assert_eq!(st["index"]["sanitized"], 3, "{st}");
+    assert_eq!(st["index"]["replaced"], 1, "{st}");
+}
+
+#[test]
+fn everything_is_read_only() {
+    let d = Daemon::start();
+    let (archive, _) = tar_fixture(
+        &d,
+        "gnu",
+        &[],
+        &TreeOpts {
+            long_names: false,
+            non_utf8: false,
+            hardlinks: false,
+            sparse: false,
+        },
+    );
+    let id = d.attach(&archive);
+    let v = d.vol(&id);
+    let script = r#"
+import os, sys, errno
+v = sys.argv[1]
+def erofs(f, *a):
+    try:
+        f(*a)
+    except OSError as e:
+        assert e.errno == errno.EROFS, (f.__name__, a, e)
+        return
+    raise AssertionError(f"{f.__name__}{a} succeeded")
+erofs(os.open, v + "/one", os.O_WRONLY)
+erofs(os.open, v + "/one", os.O_RDONLY | os.O_TRUNC)
+erofs(os.open, v + "/new", os.O_CREAT | os.O_WRONLY, 0o644)
+erofs(os.mkdir, v + "/newdir")
+erofs(os.rmdir, v + "/empty")
+erofs(os.unlink, v + "/one")
+erofs(os.rename, v + "/one", v + "/two")
+erofs(os.chmod, v + "/one", 0o600)
+erofs(os.chown, v + "/one", 1, 1)
+erofs(os.utime, v + "/one", (1, 1))
+erofs(os.symlink, "x", v + "/sym")
+erofs(os.link, v + "/one", v + "/hl")
+erofs(os.truncate, v + "/one", 0)
+erofs(os.setxattr, v + "/one", "user.x", b"1")
+erofs(os.mknod, v + "/fifo", 0o600 | 0o010000)
+print("ok")
+"#;
+    let out = run(Command::new("python3").arg("-c").arg(script).arg(&v));
+    assert_eq!(out.trim(), "ok");
+}
+
+#[test]
+fn layout_names_xattrs_and_statfs() {
+    let d = Daemon::start();
+    let (archive, _) = tar_fixture(
+        &d,
+        "gnu",
+        &[],
+        &TreeOpts {
+            long_names: false,
+            non_utf8: false,
+            hardlinks: false,
+            sparse: false,
+        },
+    );
+    let id = d
+        .ok(&["attach", archive.to_str().unwrap(), "--name", "photos"])
+        .trim()
+        .to_string();
+    let link = d.mnt.join("volumes/photos");
+    assert_eq!(std::fs::read_link(&link).unwrap(), PathBuf::from(&id));
+    assert_eq!(std::fs::read(link.join("one")).unwrap(), b"x");
+    let xattr = |name: &str| {
+        let v = d.vol(&id);
+        let o = run(Command::new("getfattr")
+            .args(["--only-values", "-n", name])
+            .arg(&v));
+        o
+    };
+    assert_eq!(xattr("user.fsd.id"), id);
+    assert_eq!(xattr("user.fsd.kind"), "archive");
+    assert_eq!(xattr("user.fsd.state"), "attached");
+    let listed = run(Command::new("getfattr").arg("-d").arg(d.vol(&id)));
+    assert!(listed.contains("user.fsd.id="), "{listed}");
+    // statfs of the volume describes the medium.
+    let st = nix::sys::statvfs::statvfs(&d.vol(&id)).unwrap();
+    let size = std::fs::metadata(&archive).unwrap().len();
+    assert_eq!(st.blocks() * st.fragment_size(), size.div_ceil(4096) * 4096);
+    assert!(st.files() > 5);
+    assert_eq!(st.name_max(), 255);
+    // volumes lists it with kind, state, size and files.
+    let vols = d.json(&["volumes"]);
+    let v = &vols[0];
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["name"], "photos");
+    assert_eq!(v["kind"], "archive");
+    assert_eq!(v["state"], "attached");
+    assert_eq!(v["size"], size);
+    assert!(v["files"].as_u64().unwrap() >= 8, "{v}");
+    // Human output has the same columns.
+    let table = d.ok(&["volumes"]);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains(&id) && table.contains("photos") && table.contains("archive"));
+    // A name or ID works wherever a VOLUME is expected.
+    assert_eq!(d.json(&["status", "photos"])["id"], id.as_str());
+    assert_eq!(d.json(&["status", &id])["name"], "photos");
+}
+
+#[test]
+fn same_medium_same_id_and_index_survives_restart() {
+    let mut d = Daemon::start();
+    let (archive, reference) = tar_fixture(&d, "gnu", &[], &all_opts());
+    let first = d.json(&["attach", archive.to_str().unwrap()]);
+    assert_eq!(first["indexed"], true);
+    let id = first["volume"]["id"].as_str().unwrap().to_string();
+    let again = d.json(&["attach", archive.to_str().unwrap()]);
+    assert_eq!(again["volume"]["id"], id.as_str());
+    assert_eq!(again["already_attached"], true);
+    d.restart();
+    // After a restart the volume is back, and attaching it again finds the
+    // stored index valid: nothing is indexed a second time.
+    check_volume(&d, &id, &reference, true);
+    let after = d.json(&["attach", archive.to_str().unwrap()]);
+    assert_eq!(after["volume"]["id"], id.as_str());
+    assert_eq!(after["indexed"], false, "{after}");
+    let log = d.log_text();
+    assert_eq!(log.matches("indexed Tar archive").count(), 1, "{log}");
+    // Detach, then attach again: same ID, index reused.
+    d.ok(&["detach", &id]);
+    assert!(!d.vol(&id).exists());
+    assert_eq!(d.json(&["volumes"])[0]["state"], "detached");
+    let back = d.json(&["attach", archive.to_str().unwrap()]);
+    assert_eq!(back["volume"]["id"], id.as_str());
+    assert_eq!(back["indexed"], false);
+    // A changed medium is indexed again under the same ID.
+    run(Command::new("tar").arg("-rf").arg(&archive).arg("-C").arg(d.dir.path()).arg("fsd.log"));
+    let changed = d.json(&["attach", archive.to_str().unwrap()]);
+    assert_eq!(changed["volume"]["id"], id.as_str());
+    assert_eq!(changed["indexed"], true);
+    assert!(d.vol(&id).join("fsd.log").exists());
+}
+
+#[test]
+fn detach_refuses_with_open_files_unless_forced() {
+    let d = Daemon::start();
+    let (archive, _) = tar_fixture(
+        &d,
+        "gnu",
+        &[],
+        &TreeOpts {
+            long_names: false,
+            non_utf8: false,
+            hardlinks: false,
+            sparse: false,
+        },
+    );
+    let id = d.attach(&archive);
+    let f = std::fs::File::open(d.vol(&id).join("a/b/4k")).unwrap();
+    let o = d.tokenctl(&["detach", &id]);
+    assert_eq!(o.status.code(), Some(5), "busy exit code");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("open"), "{o:?}");
+    assert!(d.vol(&id).exists());
+    d.ok(&["detach", &id, "--force"]);
+    assert!(!d.vol(&id).exists());
+    // The file opened before the forced detach still reads.
+    let mut buf = [0u8; 16];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..], &pattern(1, 16)[..]);
+}
+
+#[test]
+fn bad_input_fails_cleanly() {
+    let d = Daemon::start();
+    let (archive, _) = tar_fixture(&d, "gnu", &[], &all_opts());
+    let data = std::fs::read(&archive).unwrap();
+    // Truncated in the middle of a member's data.
+    let cut = d.dir.path().join("truncated.tar");
+    std::fs::write(&cut, &data[..data.len() / 2 + 700]).unwrap();
+    let o = d.tokenctl(&["attach", cut.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(8), "corrupt exit code: {o:?}");
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(msg.contains("offset"), "error names an offset: {msg}");
+    assert!(msg.contains("truncated.tar"), "error names the file: {msg}");
+    // A corrupt header checksum.
+    let mut bad = data.clone();
+    bad[148] ^= 0x11;
+    let badp = d.dir.path().join("badsum.tar");
+    std::fs::write(&badp, &bad).unwrap();
+    let o = d.tokenctl(&["attach", badp.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(8), "{o:?}");
+    // A zip cut short.
+    let src = d.dir.path().join("src-gnu");
+    let zip = d.dir.path().join("z.zip");
+    sh(&src, &format!("zip -qry {} .", zip.display()));
+    let z = std::fs::read(&zip).unwrap();
+    let zcut = d.dir.path().join("cut.zip");
+    std::fs::write(&zcut, &z[..z.len() - 30]).unwrap();
+    let o = d.tokenctl(&["attach", zcut.to_str().unwrap(), "--format", "zip"]);
+    assert_eq!(o.status.code(), Some(8), "{o:?}");
+    // Garbage.
+    let junk = d.dir.path().join("junk.bin");
+    std::fs::write(&junk, pattern(9, 100_000)).unwrap();
+    let o = d.tokenctl(&["attach", junk.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(8));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["error"]["code"], "corrupt");
+    // Missing path, a directory.
+    let o = d.tokenctl(&["attach", "/nonexistent/x.tar"]);
+    assert_eq!(o.status.code(), Some(4));
+    let o = d.tokenctl(&["attach", d.dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is a directory"));
+    // None of it left a volume behind.
+    assert_eq!(d.json(&["volumes"]), serde_json::json!([]));
+    assert_eq!(std::fs::read_dir(d.mnt.join("volumes")).unwrap().count(), 0);
+    // The daemon is still healthy.
+    let id = d.attach(&archive);
+    assert!(d.vol(&id).join("a").is_dir());
+}
+
+#[test]
+fn unreadable_medium_is_refused_for_other_users() {
+    if !have("setpriv") {
+        eprintln!("setpriv missing; skipping");
+        return;
+    }
+    let d = Daemon::start();
+    // Let another user reach the socket (the temp dir is private).
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let (archive, _) = tar_fixture(
+        &d,
+        "gnu",
+        &[],
+        &TreeOpts {
+            long_names: false,
+            non_utf8: false,
+            hardlinks: false,
+            sparse: false,
+        },
+    );
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", TOKENCTL, "--state"])
+        .arg(&d.state)
+        .arg("attach")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("permission denied"), "{o:?}");
+    assert_eq!(d.json(&["volumes"]), serde_json::json!([]));
+}
+
+#[test]
+fn daemon_refusals() {
+    let d = Daemon::start();
+    // A second daemon on the same state directory.
+    let other = d.dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let o = Command::new(FSD).arg("mount").arg(&other).arg("--state").arg(&d.state).output().unwrap();
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("in use"), "{o:?}");
+    // A busy mountpoint.
+    let o = Command::new(FSD)
+        .arg("mount")
+        .arg(&d.mnt)
+        .arg("--state")
+        .arg(d.dir.path().join("s2"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    // A missing mountpoint.
+    let o = Command::new(FSD)
+        .args(["mount", "/nonexistent/mnt", "--state"])
+        .arg(d.dir.path().join("s3"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no such directory"));
+    // An unusable state directory (a file).
+    let f = d.dir.path().join("state-file");
+    std::fs::write(&f, b"").unwrap();
+    let o = Command::new(FSD).arg("mount").arg(&other).arg("--state").arg(&f).output().unwrap();
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    // A config file with a typo.
+    let cfg = d.dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[mount]\nthreadz = 2\n").unwrap();
+    let o = Command::new(FSD)
+        .arg("mount")
+        .arg(&other)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--state")
+        .arg(d.dir.path().join("s4"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    // tokenctl without a daemon.
+    let o = Command::new(TOKENCTL)
+        .arg("--state")
+        .arg(d.dir.path().join("nobody-here"))
+        .arg("volumes")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+}
+
+#[test]
+fn sigint_unmounts_and_daemon_mode_detaches() {
+    let mut d = Daemon::start();
+    d.stop();
+    // --daemon returns once mounted, and SIGTERM to the daemon unmounts.
+    let o = Command::new(FSD)
+        .arg("mount")
+        .arg(&d.mnt)
+        .arg("--state")
+        .arg(&d.state)
+        .arg("--daemon")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(d.mnt.join("volumes").is_dir());
+    let pid: i32 = std::fs::read_to_string(d.state.join("fsd.lock")).unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.mnt.join("volumes").exists() {
+        assert!(std::time::Instant::now() < deadline, "still mounted after SIGINT");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,355 @@
+//! Shared harness for integration tests: starts a real `fsd mount` on a
+//! temporary mountpoint and state directory, runs `tokenctl` against it, and
+//! always unmounts, even when a test fails.
+#![allow(dead_code)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const FSD: &str = env!("CARGO_BIN_EXE_fsd");
+pub const TOKENCTL: &str = env!("CARGO_BIN_EXE_tokenctl");
+
+/// A running daemon and its directories.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+    pub state: PathBuf,
+    pub log: PathBuf,
+    config: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(4).map(Path::new) == Some(canon.as_path()) && l.contains("fuse.fsd")
+        })
+}
+
+impl Daemon {
+    /// Starts a daemon with fresh directories.
+    pub fn start() -> Daemon {
+        Self::start_with_config(None)
+    }
+
+    /// Starts a daemon whose config file holds `config` (TOML overlay).
+    pub fn start_with_config(config: Option<&str>) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("fsd-test-").tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        let state = dir.path().join("state");
+        std::fs::create_dir(&mnt).unwrap();
+        let cfg = config.map(|c| {
+            let p = dir.path().join("fsd.toml");
+            std::fs::write(&p, c).unwrap();
+            p
+        });
+        let mut d = Daemon {
+            log: dir.path().join("fsd.log"),
+            dir,
+            mnt,
+            state,
+            config: cfg,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts the daemon process and waits until the mount answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(FSD);
+        cmd.arg("mount")
+            .arg(&self.mnt)
+            .arg("--state")
+            .arg(&self.state)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd.spawn().expect("spawning fsd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("fsd exited early with {status}; log:\n{}", self.log_text());
+            }
+            if is_mounted(&self.mnt) && self.tokenctl(&["status"]).status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fsd did not come up within 20 s; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Runs tokenctl against this daemon.
+    pub fn tokenctl(&self, args: &[&str]) -> Output {
+        Command::new(TOKENCTL)
+            .arg("--state")
+            .arg(&self.state)
+            .args(args)
+            .output()
+            .expect("running tokenctl")
+    }
+
+    /// Runs tokenctl and returns stdout, failing the test on a non-zero exit.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.tokenctl(args);
+        assert!(
+            o.status.success(),
+            "tokenctl {args:?} failed ({}): {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Runs tokenctl with --json and parses the result.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Attaches `path` and returns the volume ID.
+    pub fn attach(&self, path: &Path) -> String {
+        let id = self.ok(&["attach", path.to_str().unwrap()]).trim().to_string();
+        assert!(id.starts_with("vol-") && id.len() == 20, "bad id {id:?}");
+        id
+    }
+
+    /// The directory of a volume in the mount.
+    pub fn vol(&self, id: &str) -> PathBuf {
+        self.mnt.join("volumes").join(id)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit and unmount.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let status = wait_timeout(&mut c, Duration::from_secs(40));
+            assert!(
+                status.map(|s| s.success()).unwrap_or(false),
+                "fsd did not exit cleanly ({status:?}); log:\n{}",
+                self.log_text()
+            );
+            assert!(!is_mounted(&self.mnt), "still mounted after SIGTERM");
+        }
+    }
+
+    /// Kills the daemon with SIGKILL and clears the dead mount.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        force_unmount(&self.mnt);
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+fn wait_timeout(c: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Ok(Some(s)) = c.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn force_unmount(p: &Path) {
+    if is_mounted(p) || std::fs::metadata(p).is_err() {
+        let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(p).output();
+        let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if wait_timeout(&mut c, Duration::from_secs(20)).is_none() {
+                let _ = c.kill();
+            }
+        }
+        force_unmount(&self.mnt);
+        if std::thread::panicking() {
+            eprintln!("---- fsd log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// Runs a command, failing the test with its output if it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs `sh -c script` in `dir`.
+pub fn sh(dir: &Path, script: &str) -> String {
+    run(Command::new("sh").arg("-c").arg(script).current_dir(dir))
+}
+
+/// True if `prog` is on PATH.
+pub fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {prog}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for file contents.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// One entry of a tree listing, for comparing a mount with a reference.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: Vec<u8>,
+    pub kind: char,
+    pub perm: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u64,
+    pub target: Option<Vec<u8>>,
+    pub sha: Option<String>,
+}
+
+/// Lists `root` recursively (not following symlinks), sorted by path.
+pub fn listing(root: &Path) -> Vec<Entry> {
+    use sha2::Digest;
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let e = e.unwrap();
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+            let ft = m.file_type();
+            let kind = if ft.is_dir() {
+                'd'
+            } else if ft.is_symlink() {
+                'l'
+            } else if ft.is_file() {
+                'f'
+            } else {
+                'o'
+            };
+            let sha = (kind == 'f').then(|| {
+                hex::encode(sha2::Sha256::digest(
+                    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+                ))
+            });
+            let target = (kind == 'l').then(|| {
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec()
+            });
+            out.push(Entry {
+                path: rel,
+                kind,
+                perm: m.mode() & 0o7777,
+                size: if kind == 'd' { 0 } else { m.len() },
+                mtime: m.mtime(),
+                uid: m.uid(),
+                gid: m.gid(),
+                nlink: if kind == 'd' { 0 } else { m.nlink() },
+                target,
+                sha,
+            });
+            if kind == 'd' {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// Asserts two listings agree, field by field, with a readable diff.
+pub fn assert_same_tree(got: &[Entry], want: &[Entry], what: &str, check_dir_mtime: bool) {
+    let gp: Vec<_> = got.iter().map(|e| String::from_utf8_lossy(&e.path).into_owned()).collect();
+    let wp: Vec<_> = want.iter().map(|e| String::from_utf8_lossy(&e.path).into_owned()).collect();
+    assert_eq!(gp, wp, "{what}: the set of paths differs");
+    for (g, w) in got.iter().zip(want) {
+        let p = String::from_utf8_lossy(&g.path);
+        assert_eq!(g.kind, w.kind, "{what}: {p}: type");
+        if g.kind != 'l' {
+            assert_eq!(g.perm, w.perm, "{what}: {p}: mode {:o} vs {:o}", g.perm, w.perm);
+        }
+        assert_eq!(g.size, w.size, "{what}: {p}: size");
+        assert_eq!(g.target, w.target, "{what}: {p}: link target");
+        assert_eq!(g.sha, w.sha, "{what}: {p}: content");
+        assert_eq!(g.nlink, w.nlink, "{what}: {p}: link count");
+        if g.kind != 'd' || check_dir_mtime {
+            assert_eq!(g.mtime, w.mtime, "{what}: {p}: mtime");
+        }
+    }
+}
