@@ -110,6 +110,7 @@ pub fn index_zip(
     })
 }
 
+/// The body of [`index_zip`]; `at` tracks the record being decoded.
 fn index_members(
     medium: &dyn ReadAt,
     label: &str,
@@ -141,7 +142,6 @@ fn index_members(
     progress(dir_start);
     let mut reached = dir_start;
     for i in 0..directory.len() {
-        *at = dir_start;
         let entry = directory.entry(i).map_err(|e| {
             Error::corrupt(
                 label,
@@ -1796,6 +1796,25 @@ z = zipfile.ZipFile(sys.argv[1], 'w')
             }
         }
         assert!(ok > 100 && err > 100, "{ok} indexed, {err} rejected");
+    }
+
+    /// A medium whose reads panic, standing in for a parser bug.
+    struct Panicky(u64);
+
+    impl ReadAt for Panicky {
+        fn read_at(&self, _: &mut [u8], offset: u64) -> io::Result<usize> {
+            panic!("boom at {offset}");
+        }
+        fn size(&self) -> u64 {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_panic_becomes_a_corrupt_error() {
+        let e = index_zip(&Panicky(1000), "test.zip", implicit(), &mut |_| {}).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(e.to_string().contains("zip parser failed: boom at"), "{e}");
     }
 
     fn assert_within(idx: &ArchiveIndex, len: u64) {
