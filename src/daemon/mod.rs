@@ -81,7 +81,7 @@ pub fn prepare_state_dir(dir: &Path) -> std::result::Result<(), Fatal> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Err(e) = std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(0o711)
                 .create(dir)
             {
                 return fail(format!(
@@ -89,6 +89,10 @@ pub fn prepare_state_dir(dir: &Path) -> std::result::Result<(), Fatal> {
                     dir.display()
                 ));
             }
+            // Other users may reach the control socket inside (each request
+            // is authorised by its peer credentials) but not list or read
+            // anything else: files the daemon creates are private (umask 077).
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711));
         }
         Err(e) => return fail(format!("state directory {}: {e}", dir.display())),
     }
@@ -290,6 +294,10 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
         fuser::MountOption::Subtype("fsd".into()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoAtime,
+        // Archives come from strangers: their setuid bits and device nodes
+        // are shown as they are but never honoured.
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoDev,
     ];
     if opts.config.mount.allow_other {
         fuse_cfg.acl = fuser::SessionACL::All;

@@ -74,6 +74,15 @@ impl ReadAt for [u8] {
     }
 }
 
+impl ReadAt for &[u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
 impl ReadAt for Vec<u8> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.as_slice().read_at(buf, offset)
@@ -327,7 +336,7 @@ pub fn sanitize(raw: &[u8]) -> Result<CleanPath, String> {
         match part {
             b"" => {
                 // A trailing slash marks a directory and is not a change.
-                if !(last && !first) {
+                if !last || first {
                     changed = true;
                 }
             }
@@ -361,7 +370,7 @@ pub struct IndexBuilder {
     child_count: Vec<u32>,
     implicit: Meta,
     stats: IndexStats,
-    /// Set by [`Self::add`]: whether the last added path had to be sanitised.
+    /// How many warnings to keep for `tokenctl status`.
     max_warnings: usize,
 }
 

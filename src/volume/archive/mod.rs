@@ -61,11 +61,13 @@ pub fn detect(medium: &dyn ReadAt, label: &str) -> Result<Format> {
         .read_at(&mut head, 0)
         .map_err(|e| Error::io(format!("{label}: reading the first block"), e))?;
     let head = &head[..n];
-    if zip::looks_like_zip(medium) {
-        return Ok(Format::Zip);
-    }
+    // Tar first: a tar may well contain a zip near its end, which the zip
+    // probe (it also finds self-extracting zips) would mistake for a zip.
     if head.len() == 512 && tar::looks_like_tar(head) {
         return Ok(Format::Tar);
+    }
+    if zip::looks_like_zip(medium) {
+        return Ok(Format::Zip);
     }
     for (magic, name) in COMPRESSED {
         if head.starts_with(magic) {

@@ -1980,8 +1980,3 @@ z = zipfile.ZipFile(sys.argv[1], 'w')
     }
 }
 
-/// True if the medium carries a zip signature.
-pub fn looks_like_zip(medium: &dyn ReadAt) -> bool {
-    let _ = medium;
-    false
-}
