@@ -28,7 +28,9 @@ fn is_mounted(p: &Path) -> bool {
         .lines()
         .any(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            f.get(4).map(Path::new) == Some(canon.as_path()) && l.contains("fuse.fsd")
+            // The filesystem type is "fuse" or "fuse.fsd" depending on how
+            // the mount was made; the source is always "fsd".
+            f.get(4).map(Path::new) == Some(canon.as_path()) && l.contains(" - fuse")
         })
 }
 
@@ -40,7 +42,10 @@ impl Daemon {
 
     /// Starts a daemon whose config file holds `config` (TOML overlay).
     pub fn start_with_config(config: Option<&str>) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("fsd-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("fsd-test-")
+            .tempdir()
+            .unwrap();
         let mnt = dir.path().join("mnt");
         let state = dir.path().join("state");
         std::fs::create_dir(&mnt).unwrap();
@@ -80,10 +85,13 @@ impl Daemon {
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
-        let mut child = cmd.spawn().expect("spawning fsd");
+        // Keep the child in self at once, so Drop cleans up even if the
+        // wait below fails.
+        self.child = Some(cmd.spawn().expect("spawning fsd"));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
                 panic!("fsd exited early with {status}; log:\n{}", self.log_text());
             }
             if is_mounted(&self.mnt) && self.tokenctl(&["status"]).status.success() {
@@ -96,7 +104,6 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.child = Some(child);
     }
 
     pub fn log_text(&self) -> String {
@@ -139,7 +146,10 @@ impl Daemon {
 
     /// Attaches `path` and returns the volume ID.
     pub fn attach(&self, path: &Path) -> String {
-        let id = self.ok(&["attach", path.to_str().unwrap()]).trim().to_string();
+        let id = self
+            .ok(&["attach", path.to_str().unwrap()])
+            .trim()
+            .to_string();
         assert!(id.starts_with("vol-") && id.len() == 20, "bad id {id:?}");
         id
     }
@@ -198,7 +208,11 @@ fn wait_timeout(c: &mut Child, t: Duration) -> Option<std::process::ExitStatus> 
 
 pub fn force_unmount(p: &Path) {
     if is_mounted(p) || std::fs::metadata(p).is_err() {
-        let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(p).output();
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(p)
+            .output();
         let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
     }
 }
@@ -289,7 +303,12 @@ pub fn listing(root: &Path) -> Vec<Entry> {
             let e = e.unwrap();
             let p = e.path();
             let m = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
             let ft = m.file_type();
             let kind = if ft.is_dir() {
                 'd'
@@ -333,22 +352,53 @@ pub fn listing(root: &Path) -> Vec<Entry> {
     out
 }
 
+/// What to compare besides content, type, mode, size and links.
+#[derive(Clone, Copy)]
+pub struct Cmp {
+    /// Directory mtimes (unzip stamps implicit directories with "now").
+    pub dir_mtime: bool,
+    /// Symlink mtimes (unzip does not restore them; tar -x does).
+    pub link_mtime: bool,
+}
+
+/// What `tar -x` reproduces exactly.
+pub const TAR_CMP: Cmp = Cmp {
+    dir_mtime: true,
+    link_mtime: true,
+};
+/// What `unzip` reproduces exactly.
+pub const UNZIP_CMP: Cmp = Cmp {
+    dir_mtime: true,
+    link_mtime: false,
+};
+
 /// Asserts two listings agree, field by field, with a readable diff.
-pub fn assert_same_tree(got: &[Entry], want: &[Entry], what: &str, check_dir_mtime: bool) {
-    let gp: Vec<_> = got.iter().map(|e| String::from_utf8_lossy(&e.path).into_owned()).collect();
-    let wp: Vec<_> = want.iter().map(|e| String::from_utf8_lossy(&e.path).into_owned()).collect();
+pub fn assert_same_tree(got: &[Entry], want: &[Entry], what: &str, cmp: Cmp) {
+    let gp: Vec<_> = got
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+        .collect();
+    let wp: Vec<_> = want
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+        .collect();
     assert_eq!(gp, wp, "{what}: the set of paths differs");
     for (g, w) in got.iter().zip(want) {
         let p = String::from_utf8_lossy(&g.path);
         assert_eq!(g.kind, w.kind, "{what}: {p}: type");
         if g.kind != 'l' {
-            assert_eq!(g.perm, w.perm, "{what}: {p}: mode {:o} vs {:o}", g.perm, w.perm);
+            assert_eq!(
+                g.perm, w.perm,
+                "{what}: {p}: mode {:o} vs {:o}",
+                g.perm, w.perm
+            );
         }
         assert_eq!(g.size, w.size, "{what}: {p}: size");
         assert_eq!(g.target, w.target, "{what}: {p}: link target");
         assert_eq!(g.sha, w.sha, "{what}: {p}: content");
         assert_eq!(g.nlink, w.nlink, "{what}: {p}: link count");
-        if g.kind != 'd' || check_dir_mtime {
+        let skip = (g.kind == 'd' && !cmp.dir_mtime) || (g.kind == 'l' && !cmp.link_mtime);
+        if !skip {
             assert_eq!(g.mtime, w.mtime, "{what}: {p}: mtime");
         }
     }

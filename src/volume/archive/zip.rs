@@ -1979,4 +1979,3 @@ z = zipfile.ZipFile(sys.argv[1], 'w')
         );
     }
 }
-
