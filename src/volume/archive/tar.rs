@@ -32,6 +32,9 @@ const MAX_LONG_NAME: u64 = 1 << 20;
 /// because GNU sparse maps (formats 0.0 and 0.1) and extended attributes live
 /// in it.
 const MAX_PAX_HEADER: u64 = 8 << 20;
+/// The most bytes of extended attributes a pax global header may give every
+/// member.
+const MAX_GLOBAL_XATTRS: usize = 4 << 10;
 /// The most entries a sparse map may have (each becomes a 24-byte segment).
 const MAX_SPARSE_ENTRIES: usize = 1_000_000;
 /// How far the scan advances between calls to the progress callback.
@@ -228,25 +231,35 @@ fn show_name(name: &[u8]) -> String {
 /// taken with the checksum field read as spaces, unsigned as POSIX says or
 /// signed as some historic writers computed it.
 fn checksum_error(block: &[u8]) -> Option<String> {
-    let mut unsigned: u64 = 0;
-    let mut signed: i64 = 0;
-    for (i, &b) in block.iter().enumerate() {
-        let b = if (CHKSUM.at..CHKSUM.at + CHKSUM.len).contains(&i) {
-            b' '
-        } else {
-            b
-        };
-        unsigned += u64::from(b);
-        signed += i64::from(b as i8);
+    let field_end = CHKSUM.at + CHKSUM.len;
+    let before = block.get(..CHKSUM.at).unwrap_or(&[]);
+    let after = block.get(field_end..).unwrap_or(&[]);
+    let spaces = 8 * u32::from(b' ');
+    // Summed in u32 slices so that the common case vectorises: this runs for
+    // every header. A block holds 512 bytes, so neither sum can overflow.
+    let unsigned = sum_unsigned(before) + sum_unsigned(after) + spaces;
+    let stored = match parse_octal(block.get(CHKSUM.at..field_end).unwrap_or(&[])) {
+        Ok(stored) => stored,
+        Err(why) => return Some(format!("header checksum field: {why}")),
+    };
+    if stored == i128::from(unsigned) {
+        return None;
     }
-    let field = block.get(CHKSUM.at..CHKSUM.at + CHKSUM.len).unwrap_or(&[]);
-    match parse_octal(field) {
-        Ok(stored) if stored == i128::from(unsigned) || stored == i128::from(signed) => None,
-        Ok(stored) => Some(format!(
-            "header checksum mismatch (stored 0o{stored:o}, computed 0o{unsigned:o})"
-        )),
-        Err(why) => Some(format!("header checksum field: {why}")),
+    let signed = sum_signed(before) + sum_signed(after) + spaces as i32;
+    if stored == i128::from(signed) {
+        return None;
     }
+    Some(format!(
+        "header checksum mismatch (stored 0o{stored:o}, computed 0o{unsigned:o})"
+    ))
+}
+
+fn sum_unsigned(b: &[u8]) -> u32 {
+    b.iter().map(|&x| u32::from(x)).sum()
+}
+
+fn sum_signed(b: &[u8]) -> i32 {
+    b.iter().map(|&x| i32::from(x as i8)).sum()
 }
 
 /// Decodes a numeric header field: octal text, or GNU base-256 (two's
@@ -318,14 +331,28 @@ fn parse_pax_records(data: &[u8], base: u64) -> Result<Vec<PaxRecord>, (u64, Str
         let record = pax_record_at(rest).map_err(|why| (at, format!("pax record: {why}")))?;
         let len = record.0;
         let (key, value) = record.1;
-        records.push(PaxRecord {
-            key: key.to_vec(),
-            value: value.to_vec(),
-            offset: at,
-        });
+        if is_used(key) {
+            records.push(PaxRecord {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                offset: at,
+            });
+        }
         pos += len;
     }
     Ok(records)
+}
+
+/// Whether [`PaxAttrs::apply`] looks at records with this key. Others (atime,
+/// ctime, uname, gname, comment, charset, ...) are validated but not kept:
+/// GNU tar writes three times per member, and copying them would cost more
+/// than the rest of the member.
+fn is_used(key: &[u8]) -> bool {
+    matches!(
+        key,
+        b"path" | b"linkpath" | b"size" | b"uid" | b"gid" | b"mtime"
+    ) || key.starts_with(b"SCHILY.xattr.")
+        || key.starts_with(b"GNU.sparse.")
 }
 
 /// Decodes the record at the start of `rest`: its length and key and value.
@@ -727,6 +754,8 @@ struct Pending {
     long_name: Option<Vec<u8>>,
     long_link: Option<Vec<u8>>,
     records: Vec<PaxRecord>,
+    /// The sum of their sizes.
+    bytes: u64,
     /// Where the first of them is, to name it if no member follows.
     first: Option<u64>,
 }
@@ -781,7 +810,10 @@ enum Kind {
     BlockDev,
     Dir,
     Fifo,
-    DumpDir,
+    /// GNU dump directories (`D`), whose data lists the directory's names,
+    /// and old directories written as regular files with a trailing slash:
+    /// directories whose header is followed by data to step over.
+    DirWithData,
     Volume,
     Continuation,
     Unknown(u8),
@@ -791,7 +823,7 @@ impl Kind {
     fn of(typeflag: u8, name: &[u8]) -> Kind {
         match typeflag {
             // Old archives mark directories by a trailing slash alone.
-            b'0' | 0 if name.ends_with(b"/") => Kind::Dir,
+            b'0' | 0 if name.ends_with(b"/") => Kind::DirWithData,
             b'0' | 0 | b'7' => Kind::Regular,
             b'S' => Kind::OldSparse,
             b'1' => Kind::HardLink,
@@ -800,7 +832,7 @@ impl Kind {
             b'4' => Kind::BlockDev,
             b'5' => Kind::Dir,
             b'6' => Kind::Fifo,
-            b'D' => Kind::DumpDir,
+            b'D' => Kind::DirWithData,
             b'V' => Kind::Volume,
             b'M' => Kind::Continuation,
             other => Kind::Unknown(other),
@@ -1005,27 +1037,59 @@ impl Walker<'_> {
             ));
         }
         let next = self.data_end(&at, at.data(), at.size)?;
+        if h.typeflag() != b'g' {
+            // Each header is capped; so is their sum, or a chain of them
+            // before one member could hold any amount of memory.
+            self.pending.bytes = self.pending.bytes.saturating_add(at.size);
+            if self.pending.bytes > MAX_PAX_HEADER {
+                return Err(self.corrupt(
+                    off,
+                    format!(
+                        "extension headers for one member add up to more than \
+                         {MAX_PAX_HEADER} bytes"
+                    ),
+                ));
+            }
+            self.pending.first.get_or_insert(off);
+        }
         let data = self.win.read_owned(at.data(), at.size as usize)?;
-        self.pending.first.get_or_insert(off);
         match h.typeflag() {
             b'L' => self.pending.long_name = Some(until_nul(&data).to_vec()),
             b'K' => self.pending.long_link = Some(until_nul(&data).to_vec()),
-            flag => {
+            b'g' => self.global_header(&data, &at)?,
+            _ => {
                 let records = parse_pax_records(&data, at.data())
                     .map_err(|(offset, why)| self.corrupt(offset, why))?;
-                if flag == b'g' {
-                    self.pending.first = None;
-                    for r in &records {
-                        self.global
-                            .apply(r, true)
-                            .map_err(|why| self.corrupt(r.offset, why))?;
-                    }
-                } else {
-                    self.pending.records.extend(records);
-                }
+                self.pending.records.extend(records);
             }
         }
         Ok(next)
+    }
+
+    /// Applies a pax global header to the attributes of all later members.
+    /// Its extended attributes are copied into every member, so they are
+    /// capped (at a size no real archive comes near) to keep a small archive
+    /// from making a huge index.
+    fn global_header(&mut self, data: &[u8], at: &At) -> Result<()> {
+        let records = parse_pax_records(data, at.data())
+            .map_err(|(offset, why)| self.corrupt(offset, why))?;
+        for r in &records {
+            self.global
+                .apply(r, true)
+                .map_err(|why| self.corrupt(r.offset, why))?;
+        }
+        let xattr_bytes: usize = (self.global.xattrs.iter())
+            .map(|(name, value)| name.len() + value.len())
+            .sum();
+        if xattr_bytes > MAX_GLOBAL_XATTRS {
+            self.global.xattrs.clear();
+            self.builder.warn(format!(
+                "pax global header at offset {}: extended attributes of more than \
+                 {MAX_GLOBAL_XATTRS} bytes for every member; ignored",
+                at.header
+            ));
+        }
+        Ok(())
     }
 
     /// The effective pax attributes of the next member: the global ones with
@@ -1084,6 +1148,12 @@ impl Walker<'_> {
                 self.builder.add_hardlink(&name, &link);
                 return Ok(next);
             }
+            Kind::Symlink if link.is_empty() => {
+                // Linux cannot create one, and programs do not expect one.
+                self.builder
+                    .skip(&name, "symbolic link with an empty target");
+                return Ok(at.data());
+            }
             Kind::Unknown(flag) => self.builder.warn(format!(
                 "{}: unknown type flag {} (0x{flag:02x}); treated as a regular file",
                 String::from_utf8_lossy(&name),
@@ -1095,7 +1165,7 @@ impl Walker<'_> {
         let (mut member, next) = match kind {
             Kind::Regular | Kind::Unknown(_) => self.regular(&at, meta, &pax.sparse)?,
             Kind::OldSparse => self.old_sparse(h, &at, meta)?,
-            Kind::DumpDir => (
+            Kind::DirWithData => (
                 Member::new(NodeKind::Dir, meta),
                 self.data_end(&at, at.data(), at.size)?,
             ),
@@ -1362,3 +1432,4 @@ impl Walker<'_> {
         }
     }
 }
+
