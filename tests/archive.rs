@@ -610,10 +610,9 @@ fn layout_names_xattrs_and_statfs() {
     assert_eq!(std::fs::read(link.join("one")).unwrap(), b"x");
     let xattr = |name: &str| {
         let v = d.vol(&id);
-        let o = run(Command::new("getfattr")
+        run(Command::new("getfattr")
             .args(["--only-values", "-n", name])
-            .arg(&v));
-        o
+            .arg(&v))
     };
     assert_eq!(xattr("user.fsd.id"), id);
     assert_eq!(xattr("user.fsd.kind"), "archive");

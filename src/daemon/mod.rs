@@ -355,28 +355,24 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
     ready();
 
     let mut result = Ok(());
-    loop {
-        match rx.recv() {
-            Ok(Event::Signal(sig)) => {
-                tracing::info!("{sig:?} received; unmounting {}", opts.mountpoint.display());
-                if let Err(e) = unmounter.unmount() {
-                    tracing::warn!(
-                        "unmount: {e}; the mount is busy, detaching it lazily and waiting for \
-                         open files to close"
-                    );
-                    let _ = nix::mount::umount2(&opts.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-                }
-                break;
+    match rx.recv() {
+        Ok(Event::Signal(sig)) => {
+            tracing::info!("{sig:?} received; unmounting {}", opts.mountpoint.display());
+            if let Err(e) = unmounter.unmount() {
+                tracing::warn!(
+                    "unmount: {e}; the mount is busy, detaching it lazily and waiting for \
+                     open files to close"
+                );
+                let _ = nix::mount::umount2(&opts.mountpoint, nix::mount::MntFlags::MNT_DETACH);
             }
-            Ok(Event::SessionEnded(r)) => {
-                if let Err(e) = r {
-                    result = Err(failed(Error::io("FUSE session", e)));
-                }
-                tracing::info!("{} was unmounted", opts.mountpoint.display());
-                break;
-            }
-            Err(_) => break,
         }
+        Ok(Event::SessionEnded(r)) => {
+            if let Err(e) = r {
+                result = Err(failed(Error::io("FUSE session", e)));
+            }
+            tracing::info!("{} was unmounted", opts.mountpoint.display());
+        }
+        Err(_) => {}
     }
     // Wait for in-flight requests to drain (the session ends when the kernel
     // says the mount is gone), but not forever.

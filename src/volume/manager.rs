@@ -350,13 +350,12 @@ impl Manager {
             }
             if let Some(n) = name
                 && rec.name.as_deref() != Some(n)
+                && self.catalog.name_taken(n, Some(rec.slot))?
             {
-                if self.catalog.name_taken(n, Some(rec.slot))? {
-                    return Err(Error::new(
-                        ErrorKind::Exists,
-                        format!("volume name {n:?} is already in use"),
-                    ));
-                }
+                return Err(Error::new(
+                    ErrorKind::Exists,
+                    format!("volume name {n:?} is already in use"),
+                ));
             }
             let mounted = self.core.by_slot(rec.slot);
             let stored = self.stored_index(&rec, &id);

@@ -33,6 +33,11 @@ pub const NAME_MAX: usize = 255;
 /// The node number of the volume's root directory inside [`ArchiveIndex::nodes`].
 pub const ROOT: u32 = 0;
 
+/// The most entries one archive volume may have. The index lives in memory
+/// (about 200 bytes an entry), so a hostile archive of nothing but headers
+/// must not be able to exhaust it; real archives stay far below this.
+pub const MAX_NODES: usize = 20_000_000;
+
 /// Random-access reads from a medium. `File` gets it through `pread`, byte
 /// slices get it for unit tests and fuzzing.
 pub trait ReadAt: Sync {
@@ -210,6 +215,10 @@ pub struct IndexStats {
     pub bytes: u64,
     /// The first warnings, for the operator.
     pub warnings: Vec<String>,
+    /// True if the archive has more than [`MAX_NODES`] entries; such an
+    /// index is incomplete and is never used.
+    #[serde(default)]
+    pub over_limit: bool,
 }
 
 /// The complete index of an archive volume.
@@ -416,6 +425,19 @@ impl IndexBuilder {
         self.warn(format!("{}: skipped: {why}", String::from_utf8_lossy(name)));
     }
 
+    /// Sets the format string once the parser knows it (e.g. "tar (pax)").
+    pub fn set_format(&mut self, format: &str) {
+        self.format = format.to_string();
+    }
+
+    /// True once the entry limit is reached; later members are dropped.
+    fn full(&mut self) -> bool {
+        if self.nodes.len() >= MAX_NODES {
+            self.stats.over_limit = true;
+        }
+        self.stats.over_limit
+    }
+
     fn new_node(&mut self, m: Member) -> u32 {
         let id = self.nodes.len() as u32;
         self.nodes.push(Node {
@@ -489,6 +511,9 @@ impl IndexBuilder {
     /// Adds one member under its raw (unsanitised) name.
     pub fn add(&mut self, raw_name: &[u8], m: Member) {
         self.stats.members += 1;
+        if self.full() {
+            return;
+        }
         let Some(path) = self.clean(raw_name) else {
             return;
         };
@@ -533,6 +558,10 @@ impl IndexBuilder {
 
     /// Adds a hard link named `raw_name` to the member named `raw_target`.
     pub fn add_hardlink(&mut self, raw_name: &[u8], raw_target: &[u8]) {
+        if self.full() {
+            self.stats.members += 1;
+            return;
+        }
         let target = match sanitize(raw_target) {
             Ok(p) => p,
             Err(_) => {

@@ -101,6 +101,13 @@ pub fn build_index(
         Format::Zip => zip::index_zip(medium, label, implicit, progress),
     });
     match std::panic::catch_unwind(run) {
+        Ok(Ok(idx)) if idx.stats.over_limit => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "{label}: more than {} entries; such archives are not supported",
+                index::MAX_NODES
+            ),
+        )),
         Ok(r) => r,
         Err(_) => Err(Error::corrupt(
             label,

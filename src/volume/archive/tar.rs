@@ -63,9 +63,8 @@ pub fn index_tar(
     };
     walker.run(progress)?;
     let format = walker.seen.format();
-    let mut index = walker.builder.finish();
-    index.format = format.to_string();
-    Ok(index)
+    walker.builder.set_format(format);
+    Ok(walker.builder.finish())
 }
 
 /// True if `first_block` starts with a tar header: 512 bytes, not all zero,
@@ -2738,10 +2737,4 @@ mod tests {
             );
         }
     }
-}
-
-/// True if `block` is a tar header with a valid checksum.
-pub fn looks_like_tar(block: &[u8]) -> bool {
-    let _ = block;
-    false
 }
