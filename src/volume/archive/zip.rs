@@ -489,14 +489,27 @@ fn kind_of(name: &[u8], host: u8, attrs: u32) -> NodeKind {
 }
 
 /// Unix-made entries carry their mode in the high half of the external
-/// attributes. Others get the usual defaults, read-only if DOS says so.
+/// attributes. Entries marked as made on FAT may carry one too (PKZip for
+/// Unix and Python's wheel tools do this); like `unzip`, it is used when its
+/// owner bits agree with the DOS attributes (readable, writable unless
+/// read-only, searchable if a directory). Everything else gets 0644 / 0755,
+/// read-only if DOS says so: `unzip`'s 0666 / 0777 under the usual umask 022.
 fn perm(host: u8, attrs: u32, kind: NodeKind) -> u16 {
     let mode = attrs >> 16;
     if host == HOST_UNIX && mode != 0 {
         return (mode & 0o7777) as u16;
     }
-    let mut perm = if kind == NodeKind::Dir { 0o755 } else { 0o644 };
-    if attrs & DOS_READ_ONLY != 0 {
+    let dir = kind == NodeKind::Dir;
+    let writable = attrs & DOS_READ_ONLY == 0;
+    if host == HOST_FAT && mode != 0 {
+        let owner = (mode >> 6) & 7;
+        let want = 4 | if writable { 2 } else { 0 } | if dir { 1 } else { 0 };
+        if owner == want {
+            return (mode & 0o7777) as u16;
+        }
+    }
+    let mut perm = if dir { 0o755 } else { 0o644 };
+    if !writable {
         perm &= !0o222;
     }
     perm
@@ -1905,6 +1918,18 @@ z = zipfile.ZipFile(sys.argv[1], 'w')
     #[test]
     fn kinds_and_modes() {
         let unix = |mode: u32| mode << 16;
+        // FAT-made entries keep a Unix mode that agrees with the DOS bits.
+        assert_eq!(perm(HOST_FAT, unix(0o100666), NodeKind::File), 0o666);
+        assert_eq!(perm(HOST_FAT, unix(0o100755), NodeKind::File), 0o644);
+        assert_eq!(
+            perm(HOST_FAT, unix(0o100444) | DOS_READ_ONLY, NodeKind::File),
+            0o444
+        );
+        assert_eq!(
+            perm(HOST_FAT, unix(0o100644) | DOS_READ_ONLY, NodeKind::File),
+            0o444
+        );
+        assert_eq!(perm(HOST_FAT, unix(0o40775), NodeKind::Dir), 0o775);
         assert_eq!(kind_of(b"d/", HOST_UNIX, unix(0o100644)), NodeKind::Dir);
         assert_eq!(kind_of(b"d", HOST_UNIX, unix(0o40755)), NodeKind::Dir);
         assert_eq!(kind_of(b"l", HOST_UNIX, unix(0o120777)), NodeKind::Symlink);
@@ -1913,7 +1938,7 @@ z = zipfile.ZipFile(sys.argv[1], 'w')
         assert_eq!(perm(HOST_UNIX, unix(0o104755), NodeKind::File), 0o4755);
         assert_eq!(perm(HOST_UNIX, 0, NodeKind::File), 0o644);
         assert_eq!(perm(HOST_UNIX, 1, NodeKind::Dir), 0o555);
-        assert_eq!(perm(HOST_FAT, unix(0o100600) | 0x20, NodeKind::File), 0o644);
+        assert_eq!(perm(HOST_FAT, unix(0o100600) | 0x20, NodeKind::File), 0o600);
         assert_eq!(perm(HOST_FAT, 0x21, NodeKind::File), 0o444);
         assert_eq!(method_name(12), "12 (bzip2)");
         assert_eq!(method_name(77), "77");
