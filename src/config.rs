@@ -18,7 +18,16 @@ pub const DEFAULT_TOML: &str = include_str!("default-config.toml");
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub mount: MountConfig,
+    pub native: NativeConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NativeConfig {
+    pub seal_threads: usize,
+    pub dirty_limit_mb: u64,
+    pub ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -86,6 +95,12 @@ impl Config {
     fn validate(&self) -> std::result::Result<(), String> {
         if self.mount.threads == 0 || self.mount.threads > 256 {
             return Err("mount.threads must be between 1 and 256".into());
+        }
+        if self.native.seal_threads == 0 || self.native.seal_threads > 64 {
+            return Err("native.seal_threads must be between 1 and 64".into());
+        }
+        if self.native.dirty_limit_mb < 4 {
+            return Err("native.dirty_limit_mb must be at least 4".into());
         }
         if self.mount.read_ahead_kb > 1 << 20 {
             return Err("mount.read_ahead_kb must be at most 1048576".into());

@@ -86,6 +86,29 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Create an empty native (writable) volume; prints its ID.
+    Create {
+        /// The volume's name; MOUNT/volumes/NAME links to it.
+        name: String,
+    },
+    /// Delete a volume. A native volume's files are deleted and their
+    /// chunks released; an archive's catalog entry is dropped (the archive
+    /// file is untouched). Refused while files of it are open.
+    Destroy {
+        /// Volume ID or name.
+        volume: String,
+    },
+    /// Check native volumes: catalog against chunk store, and every chunk's
+    /// content against its name. Reports each problem; repairs only with
+    /// --repair. Exits 8 if problems remain.
+    Fsck {
+        /// One volume (default: every native volume and the whole store,
+        /// which needs root).
+        volume: Option<String>,
+        /// Fix what can be fixed without inventing data.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 fn socket_path(cli: &Cli) -> PathBuf {
@@ -96,7 +119,9 @@ fn socket_path(cli: &Cli) -> PathBuf {
     config::socket_path(&state)
 }
 
-fn run(cli: &Cli) -> Result<(), Error> {
+/// Runs the command; returns the exit status for outcomes that are not
+/// errors of the call itself (fsck finding problems).
+fn run(cli: &Cli) -> Result<u8, Error> {
     let mut client = Client::connect(&socket_path(cli))?;
     let out = output::Output { json: cli.json };
     match &cli.cmd {
@@ -117,9 +142,9 @@ fn run(cli: &Cli) -> Result<(), Error> {
             let started = std::time::Instant::now();
             let v = client.call(&req, &mut |done, total| bar.update(done, total));
             bar.finish();
-            out.attached(&v?, started.elapsed())
+            out.attached(&v?, started.elapsed())?;
         }
-        Cmd::Volumes => out.volumes(&client.call(&Request::Volumes, &mut |_, _| {})?),
+        Cmd::Volumes => out.volumes(&client.call(&Request::Volumes, &mut |_, _| {})?)?,
         Cmd::Status { volume } => {
             let v = client.call(
                 &Request::Status {
@@ -127,7 +152,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 },
                 &mut |_, _| {},
             )?;
-            out.status(&v, volume.is_some())
+            out.status(&v, volume.is_some())?;
         }
         Cmd::Detach { volume, force } => {
             let v = client.call(
@@ -137,15 +162,39 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 },
                 &mut |_, _| {},
             )?;
-            out.detached(&v)
+            out.detached(&v)?;
+        }
+        Cmd::Create { name } => {
+            let v = client.call(&Request::Create { name: name.clone() }, &mut |_, _| {})?;
+            out.created(&v)?;
+        }
+        Cmd::Destroy { volume } => {
+            let v = client.call(
+                &Request::Destroy {
+                    volume: volume.clone(),
+                },
+                &mut |_, _| {},
+            )?;
+            out.destroyed(&v)?;
+        }
+        Cmd::Fsck { volume, repair } => {
+            let v = client.call(
+                &Request::Fsck {
+                    volume: volume.clone(),
+                    repair: *repair,
+                },
+                &mut |_, _| {},
+            )?;
+            return out.fsck(&v);
         }
     }
+    Ok(0)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             if cli.json {
                 let v = serde_json::json!({"error": {"code": e.kind().code(), "message": e.to_string()}});

@@ -11,6 +11,7 @@ use fsd::error::{Error, ErrorKind};
 use fsd::fs::VolumeInfo;
 use fsd::util::human_bytes;
 use fsd::volume::manager::{Attached, VolumeStatus};
+use fsd::volume::native::fsck::Report;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
 
@@ -134,8 +135,71 @@ impl Output {
             println!("started:     {} ({} s ago)", s.started, s.uptime_secs);
             println!("volumes:     {} ({} attached)", s.volumes, s.attached);
             println!("open files:  {}", s.open_files);
+            println!(
+                "hot tier:    {} in {} chunks; {} free of {}",
+                human_bytes(s.hot_bytes),
+                s.hot_chunks,
+                human_bytes(s.hot_free),
+                human_bytes(s.hot_total)
+            );
+            println!(
+                "buffered:    {} now, {} at most (limit {})",
+                human_bytes(s.buffered),
+                human_bytes(s.buffered_peak),
+                human_bytes(s.buffered_limit)
+            );
+            println!(
+                "memory:      {} resident, {} at peak",
+                human_bytes(s.rss),
+                human_bytes(s.rss_peak)
+            );
         }
         Ok(())
+    }
+
+    pub fn created(&self, v: &serde_json::Value) -> Result<(), Error> {
+        if self.json(v) {
+            return Ok(());
+        }
+        let i: VolumeInfo = decode(v)?;
+        println!("{}", i.id);
+        Ok(())
+    }
+
+    pub fn destroyed(&self, v: &serde_json::Value) -> Result<(), Error> {
+        if self.json(v) {
+            return Ok(());
+        }
+        let i: VolumeInfo = decode(v)?;
+        eprintln!("destroyed {}", i.id);
+        Ok(())
+    }
+
+    /// Prints the report; returns the exit code (8 if problems remain).
+    pub fn fsck(&self, v: &serde_json::Value) -> Result<u8, Error> {
+        let r: Report = decode(v)?;
+        if !self.json(v) {
+            for p in &r.problems {
+                let tag = if p.repaired { "repaired" } else { "PROBLEM" };
+                println!("{tag}: {}: {}", p.kind, p.detail);
+            }
+            println!(
+                "checked {} volumes, {} inodes, {} chunks ({} verified): {} problems, {} unrepaired",
+                r.volumes.len(),
+                r.inodes,
+                r.chunks,
+                human_bytes(r.bytes_verified),
+                r.problems.len(),
+                r.unrepaired()
+            );
+        }
+        if r.unrepaired() > 0 {
+            if !self.json {
+                eprintln!("tokenctl: fsck: {} problems remain", r.unrepaired());
+            }
+            return Ok(ErrorKind::Integrity.exit_code() as u8);
+        }
+        Ok(0)
     }
 
     pub fn detached(&self, v: &serde_json::Value) -> Result<(), Error> {

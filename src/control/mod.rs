@@ -47,6 +47,18 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    Create {
+        name: String,
+    },
+    Destroy {
+        volume: String,
+    },
+    Fsck {
+        #[serde(default)]
+        volume: Option<String>,
+        #[serde(default)]
+        repair: bool,
+    },
 }
 
 /// Frames from the daemon.
@@ -70,6 +82,19 @@ pub struct DaemonStatus {
     pub volumes: usize,
     pub attached: usize,
     pub open_files: usize,
+    /// Unique chunks in the hot tier and their bytes.
+    pub hot_chunks: u64,
+    pub hot_bytes: u64,
+    /// Capacity of the hot tier's filesystem.
+    pub hot_total: u64,
+    pub hot_free: u64,
+    /// Write data buffered now, the most ever, and the limit.
+    pub buffered: u64,
+    pub buffered_peak: u64,
+    pub buffered_limit: u64,
+    /// Resident memory of the daemon now and at its peak (VmRSS, VmHWM).
+    pub rss: u64,
+    pub rss_peak: u64,
 }
 
 /// Writes one frame.

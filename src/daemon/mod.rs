@@ -22,7 +22,10 @@ use crate::error::{Error, ErrorKind};
 use crate::fs::Core;
 use crate::fuse::FuseFs;
 use crate::store::catalog::Catalog;
+use crate::store::chunks::ChunkStore;
 use crate::volume::manager::Manager;
+use crate::volume::native::file::Env;
+use crate::volume::native::sealer::{Budget, Sealer};
 
 /// `fsd` exit codes; documented in the README ("Exit codes").
 pub mod exit {
@@ -232,6 +235,15 @@ pub fn check_mountpoint(mp: &Path) -> std::result::Result<PathBuf, Fatal> {
     Ok(canon)
 }
 
+/// Raises the open-file limit to the hard limit: the chunk store keeps
+/// hundreds of chunk files open, and FUSE clones one descriptor per thread.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 /// Raises the kernel read-ahead of the mount so sequential reads arrive as
 /// 1 MiB requests. Best effort: a failure only costs speed.
 fn set_read_ahead(mountpoint: &Path, kb: u32) {
@@ -275,12 +287,22 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
     let catalog = Catalog::open(&opts.state_dir.join("catalog.db"))
         .map_err(|e| Fatal::new(exit::STATE_DIR, e))?;
     let catalog = Arc::new(catalog);
+    raise_fd_limit();
+    let store = ChunkStore::open(&opts.state_dir.join("chunks"))
+        .map_err(|e| Fatal::new(exit::STATE_DIR, e))?;
+    let env = Arc::new(Env {
+        catalog: catalog.clone(),
+        store,
+        sealer: Sealer::new(opts.config.native.seal_threads),
+        budget: Budget::new(opts.config.native.dirty_limit_mb << 20),
+    });
     let core = Arc::new(Core::new());
     let manager = Arc::new(Manager::new(
         core.clone(),
-        catalog.clone(),
+        env,
         opts.state_dir.join("cache"),
         Duration::from_secs(opts.config.mount.archive_ttl_secs),
+        Duration::from_secs(opts.config.native.ttl_secs),
     ));
     let (ok, missing) = manager.load_all().map_err(failed)?;
     tracing::info!("{ok} volumes reloaded from the catalog, {missing} missing");

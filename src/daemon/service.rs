@@ -41,6 +41,10 @@ impl Service {
 
     fn daemon_status(&self) -> Result<DaemonStatus> {
         let vols = self.manager.volumes()?;
+        let (hot_chunks, hot_bytes) = self.manager.hot_usage()?;
+        let env = self.manager.native_env();
+        let fs = env.store.statfs()?;
+        let (rss, rss_peak) = memory();
         Ok(DaemonStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -51,8 +55,31 @@ impl Service {
             volumes: vols.len(),
             attached: vols.iter().filter(|v| v.state == "attached").count(),
             open_files: self.manager.core().open_handles(),
+            hot_chunks,
+            hot_bytes,
+            hot_total: fs.blocks * u64::from(fs.frsize),
+            hot_free: fs.bavail * u64::from(fs.frsize),
+            buffered: env.budget.used(),
+            buffered_peak: env.budget.peak(),
+            buffered_limit: env.budget.limit(),
+            rss,
+            rss_peak,
         })
     }
+}
+
+/// VmRSS and VmHWM of this process in bytes.
+fn memory() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 impl Handler for Service {
@@ -78,6 +105,11 @@ impl Handler for Service {
             Request::Status { volume: None } => json(self.daemon_status()?),
             Request::Status { volume: Some(v) } => json(self.manager.status(&v)?),
             Request::Detach { volume, force } => json(self.manager.detach(&volume, force, caller)?),
+            Request::Create { name } => json(self.manager.create(&name, caller)?),
+            Request::Destroy { volume } => json(self.manager.destroy(&volume, caller)?),
+            Request::Fsck { volume, repair } => {
+                json(self.manager.fsck(volume.as_deref(), repair, caller)?)
+            }
         }
     }
 }

@@ -58,6 +58,73 @@ pub const MIGRATIONS: &[&str] = &[
         message TEXT NOT NULL
     );
     "#,
+    // 2: native volumes. Chunk reference counts are kept by triggers on the
+    // tables that reference chunks, so no code path can forget one.
+    r#"
+    ALTER TABLE volumes ADD COLUMN root_ino INTEGER;
+    CREATE TABLE inodes (
+        ino      INTEGER PRIMARY KEY AUTOINCREMENT,
+        slot     INTEGER NOT NULL REFERENCES volumes(slot) ON DELETE CASCADE,
+        mode     INTEGER NOT NULL,
+        uid      INTEGER NOT NULL,
+        gid      INTEGER NOT NULL,
+        nlink    INTEGER NOT NULL,
+        size     INTEGER NOT NULL DEFAULT 0,
+        rdev     INTEGER NOT NULL DEFAULT 0,
+        atime_ns INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER NOT NULL,
+        target   BLOB
+    );
+    CREATE INDEX inodes_slot ON inodes(slot);
+    CREATE INDEX inodes_orphans ON inodes(slot) WHERE nlink = 0;
+    CREATE TABLE dentries (
+        id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        parent INTEGER NOT NULL,
+        name   BLOB NOT NULL,
+        ino    INTEGER NOT NULL,
+        UNIQUE (parent, name)
+    );
+    CREATE INDEX dentries_ino ON dentries(ino);
+    CREATE INDEX dentries_parent_id ON dentries(parent, id);
+    CREATE TABLE chunks (
+        hash BLOB PRIMARY KEY,
+        len  INTEGER NOT NULL,
+        refs INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX chunks_free ON chunks(hash) WHERE refs <= 0;
+    CREATE TABLE extents (
+        ino  INTEGER NOT NULL,
+        idx  INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        len  INTEGER NOT NULL,
+        PRIMARY KEY (ino, idx)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER extents_ref AFTER INSERT ON extents BEGIN
+        INSERT INTO chunks (hash, len, refs) VALUES (NEW.hash, NEW.len, 1)
+        ON CONFLICT (hash) DO UPDATE SET refs = refs + 1;
+    END;
+    CREATE TRIGGER extents_unref AFTER DELETE ON extents BEGIN
+        UPDATE chunks SET refs = refs - 1 WHERE hash = OLD.hash;
+    END;
+    CREATE TRIGGER extents_reref AFTER UPDATE OF hash ON extents BEGIN
+        UPDATE chunks SET refs = refs - 1 WHERE hash = OLD.hash;
+        INSERT INTO chunks (hash, len, refs) VALUES (NEW.hash, NEW.len, 1)
+        ON CONFLICT (hash) DO UPDATE SET refs = refs + 1;
+    END;
+    CREATE TABLE xattrs (
+        ino   INTEGER NOT NULL,
+        name  BLOB NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (ino, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE treehashes (
+        slot INTEGER NOT NULL,
+        ino  INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        PRIMARY KEY (slot, ino)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// A volume as the catalog stores it.
@@ -79,10 +146,12 @@ pub struct VolumeRecord {
     /// or destroy it.
     pub owner_uid: u32,
     pub created_ns: i64,
+    /// The root directory's inode row, for native volumes.
+    pub root_ino: Option<i64>,
 }
 
 const VOLUME_COLS: &str = "slot, id, name, kind, state, format, medium_path, medium_size, \
-                           medium_mtime_ns, medium_sample, size, files, created_ns, owner_uid";
+                           medium_mtime_ns, medium_sample, size, files, created_ns, owner_uid, root_ino";
 
 fn volume_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRecord> {
     Ok(VolumeRecord {
@@ -100,6 +169,7 @@ fn volume_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRecord> {
         files: r.get::<_, i64>(11)? as u64,
         created_ns: r.get(12)?,
         owner_uid: r.get(13)?,
+        root_ino: r.get(14)?,
     })
 }
 
@@ -274,8 +344,8 @@ impl Catalog {
         tx.execute(
             "INSERT INTO volumes (id, name, kind, state, format, medium_path, medium_size,
                                   medium_mtime_ns, medium_sample, size, files, created_ns, updated_ns,
-                                  owner_uid)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13)",
+                                  owner_uid, root_ino)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14)",
             params![
                 v.id,
                 v.name,
@@ -289,7 +359,8 @@ impl Catalog {
                 v.size as i64,
                 v.files as i64,
                 now,
-                v.owner_uid
+                v.owner_uid,
+                v.root_ino
             ],
         )
         .map_err(|e| unique_violation(e, v))?;
@@ -329,6 +400,8 @@ impl Catalog {
                  ON CONFLICT(slot) DO UPDATE SET version = excluded.version, blob = excluded.blob",
                 params![v.slot, version, blob],
             )?;
+            // Cached tree hashes describe the old medium.
+            tx.execute("DELETE FROM treehashes WHERE slot = ?1", [v.slot])?;
         }
         tx.commit()?;
         Ok(())
@@ -363,8 +436,31 @@ impl Catalog {
     }
 
     pub fn delete_volume(&self, slot: u32) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM volumes WHERE slot = ?1", [slot])?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM treehashes WHERE slot = ?1", [slot])?;
+        tx.execute("DELETE FROM volumes WHERE slot = ?1", [slot])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A cached tree hash (hex) of an archive member.
+    pub fn treehash(&self, slot: u32, ino: u64) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT hash FROM treehashes WHERE slot = ?1 AND ino = ?2",
+                params![slot, ino as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn set_treehash(&self, slot: u32, ino: u64, hash: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO treehashes (slot, ino, hash) VALUES (?1, ?2, ?3)",
+            params![slot, ino as i64, hash],
+        )?;
         Ok(())
     }
 
@@ -440,6 +536,7 @@ mod tests {
             files: 2,
             owner_uid: 0,
             created_ns: 0,
+            root_ino: None,
         }
     }
 
@@ -462,6 +559,50 @@ mod tests {
             (1, b"idx".to_vec())
         );
         assert_eq!(c.find_by_medium("/m.tar").unwrap().unwrap().slot, slot);
+    }
+
+    #[test]
+    fn upgrades_a_version_1_catalog() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.db");
+        let conn = Connection::open(&p).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO volumes (id, kind, state, created_ns, updated_ns) VALUES ('vol-old', 'archive', 'attached', 1, 1)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let c = Catalog::open(&p).unwrap();
+        assert_eq!(c.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        let v = c.find_volume("vol-old").unwrap().unwrap();
+        assert_eq!(v.root_ino, None);
+        c.set_treehash(v.slot, 5, "ab").unwrap();
+        assert_eq!(c.treehash(v.slot, 5).unwrap().as_deref(), Some("ab"));
+    }
+
+    #[test]
+    fn extent_triggers_count_chunk_references() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&d.path().join("c.db")).unwrap();
+        let conn = c.conn();
+        let refs = |h: &[u8]| -> i64 {
+            conn.query_row("SELECT refs FROM chunks WHERE hash = ?1", [h], |r| r.get(0))
+                .unwrap()
+        };
+        conn.execute("INSERT INTO extents VALUES (1, 0, x'aa', 10)", [])
+            .unwrap();
+        conn.execute("INSERT INTO extents VALUES (2, 0, x'aa', 10)", [])
+            .unwrap();
+        assert_eq!(refs(&[0xaa]), 2);
+        conn.execute("UPDATE extents SET hash = x'bb' WHERE ino = 1", [])
+            .unwrap();
+        assert_eq!(refs(&[0xaa]), 1);
+        assert_eq!(refs(&[0xbb]), 1);
+        conn.execute("DELETE FROM extents WHERE ino = 2", [])
+            .unwrap();
+        assert_eq!(refs(&[0xaa]), 0);
     }
 
     #[test]

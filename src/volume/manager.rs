@@ -23,6 +23,8 @@ use sha2::{Digest, Sha256};
 
 use super::archive::index::{ArchiveIndex, IndexStats, MediumFile, Meta, ReadAt};
 use super::archive::{self, ArchiveVolume, Format, SharedMedium};
+use super::native::file::{self as native_file, Env};
+use super::native::{NativeVolume, fsck, meta as native_meta};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::perm::{self, Caller};
 use crate::fs::types::Timespec;
@@ -182,6 +184,8 @@ pub struct Manager {
     catalog: Arc<Catalog>,
     cache_dir: PathBuf,
     archive_ttl: Duration,
+    native: Arc<Env>,
+    native_ttl: Duration,
     /// Serialises attach and detach (rare, and they touch several places).
     lock: Mutex<()>,
     invalidator: RwLock<Option<Invalidator>>,
@@ -190,15 +194,18 @@ pub struct Manager {
 impl Manager {
     pub fn new(
         core: Arc<Core>,
-        catalog: Arc<Catalog>,
+        native: Arc<Env>,
         cache_dir: PathBuf,
         archive_ttl: Duration,
+        native_ttl: Duration,
     ) -> Self {
         Manager {
             core,
-            catalog,
+            catalog: native.catalog.clone(),
             cache_dir,
             archive_ttl,
+            native,
+            native_ttl,
             lock: Mutex::new(()),
             invalidator: RwLock::new(None),
         }
@@ -454,6 +461,7 @@ impl Manager {
             files: index.stats.files,
             owner_uid: caller.uid,
             created_ns: Timespec::now().as_nanos(),
+            root_ino: None,
         };
         rec.slot = self
             .catalog
@@ -559,7 +567,12 @@ impl Manager {
         let mut out = Vec::new();
         for rec in self.catalog.volumes()? {
             match self.core.by_slot(rec.slot) {
-                Some(m) => out.push(m.info.read().clone()),
+                Some(m) => {
+                    if rec.kind == "native" {
+                        self.refresh_usage(&m);
+                    }
+                    out.push(m.info.read().clone())
+                }
                 None => {
                     let state = if rec.state == "attached" {
                         "missing"
@@ -577,7 +590,12 @@ impl Manager {
         let rec = self.record(id_or_name)?;
         let mounted = self.core.by_slot(rec.slot);
         let info = match &mounted {
-            Some(m) => m.info.read().clone(),
+            Some(m) => {
+                if rec.kind == "native" {
+                    self.refresh_usage(m);
+                }
+                m.info.read().clone()
+            }
             None => Self::info(
                 &rec,
                 if rec.state == "attached" {
@@ -611,11 +629,17 @@ impl Manager {
     pub fn load_all(&self) -> Result<(usize, usize)> {
         let _guard = self.lock.lock();
         let (mut ok, mut missing) = (0, 0);
+        self.recover_natives()?;
         for rec in self.catalog.volumes()? {
-            if rec.state != "attached" || rec.kind != "archive" {
+            if rec.state != "attached" {
                 continue;
             }
-            match self.reload_archive(&rec) {
+            let r = match rec.kind.as_str() {
+                "archive" => self.reload_archive(&rec),
+                "native" => self.mount_native(&rec).map(|_| ()),
+                _ => continue,
+            };
+            match r {
                 Ok(()) => ok += 1,
                 Err(e) => {
                     missing += 1;
@@ -627,6 +651,231 @@ impl Manager {
             }
         }
         Ok((ok, missing))
+    }
+
+    /// After a crash: deletes inodes that lost their last name while open,
+    /// removes chunk files no committed row references (the daemon died
+    /// between writing a chunk and committing it) and unreferenced chunks.
+    /// Runs before anything is mounted, so no write is in flight.
+    fn recover_natives(&self) -> Result<()> {
+        let mut orphans = 0;
+        for rec in self.catalog.volumes()? {
+            if rec.kind != "native" {
+                continue;
+            }
+            let mut conn = self.catalog.conn();
+            let tx = conn.transaction()?;
+            for ino in native_meta::orphans(&tx, rec.slot)? {
+                native_meta::delete(&tx, ino)?;
+                orphans += 1;
+            }
+            tx.commit()?;
+        }
+        native_file::collect(&self.native);
+        let tmp = self.native.store.clean_tmp()?;
+        let files = {
+            let conn = self.catalog.conn();
+            self.native
+                .store
+                .collect_orphans(|h| native_meta::chunk_known(&conn, h).unwrap_or(true))?
+        };
+        if orphans + tmp + files > 0 {
+            tracing::info!(
+                "recovery: removed {orphans} unlinked inodes, {tmp} partial chunk writes, \
+                 {files} uncommitted chunk files"
+            );
+        }
+        Ok(())
+    }
+
+    fn mount_native(&self, rec: &VolumeRecord) -> Result<Arc<Mounted>> {
+        let root = rec.root_ino.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("{}: native volume without a root", rec.id),
+            )
+        })?;
+        let fs = NativeVolume::new(self.native.clone(), rec.slot, root, rec.id.clone());
+        let m = Arc::new(Mounted {
+            slot: rec.slot,
+            info: RwLock::new(Self::info(rec, "attached")),
+            fs: Arc::new(fs),
+            medium: None,
+            ttl: self.native_ttl,
+            open_files: AtomicU64::new(0),
+        });
+        self.refresh_usage(&m);
+        self.core.register(m.clone())?;
+        Ok(m)
+    }
+
+    /// Updates a native volume's file count and size from the catalog.
+    fn refresh_usage(&self, m: &Mounted) {
+        if let Ok((files, bytes)) = native_meta::usage(&self.catalog.conn(), m.slot) {
+            let mut i = m.info.write();
+            i.files = files;
+            i.size = bytes;
+        }
+    }
+
+    /// Creates an empty native volume named `name`, owned by the caller.
+    pub fn create(&self, name: &str, caller: &Caller) -> Result<VolumeInfo> {
+        check_name(name)?;
+        let _guard = self.lock.lock();
+        if self.catalog.name_taken(name, None)? {
+            return Err(Error::new(
+                ErrorKind::Exists,
+                format!("volume name {name:?} is already in use"),
+            ));
+        }
+        let mut rec = VolumeRecord {
+            slot: 0,
+            id: util::new_volume_id()?,
+            name: Some(name.to_string()),
+            kind: "native".into(),
+            state: "attached".into(),
+            format: None,
+            medium_path: None,
+            medium_size: None,
+            medium_mtime_ns: None,
+            medium_sample: None,
+            size: 0,
+            files: 0,
+            owner_uid: caller.uid,
+            created_ns: Timespec::now().as_nanos(),
+            root_ino: None,
+        };
+        rec.slot = self.catalog.insert_volume(&rec, None)?;
+        let root = (|| -> Result<i64> {
+            let mut conn = self.catalog.conn();
+            let tx = conn.transaction()?;
+            let root = NativeVolume::create_root(&tx, rec.slot, caller.uid, caller.gid)?;
+            tx.execute(
+                "UPDATE volumes SET root_ino = ?2 WHERE slot = ?1",
+                rusqlite::params![rec.slot, root],
+            )?;
+            tx.commit()?;
+            Ok(root)
+        })();
+        let root = match root {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.catalog.delete_volume(rec.slot);
+                return Err(e);
+            }
+        };
+        rec.root_ino = Some(root);
+        let m = self.mount_native(&rec)?;
+        let _ = self
+            .catalog
+            .event(Some(&rec.id), "info", &format!("created {name}"));
+        let info = m.info.read().clone();
+        Ok(info)
+    }
+
+    /// Deletes a volume: a native volume with all its files (its chunks are
+    /// released), an archive volume's catalog entry (the archive file is
+    /// untouched). Refused while files of it are open.
+    pub fn destroy(&self, id_or_name: &str, caller: &Caller) -> Result<VolumeInfo> {
+        let _guard = self.lock.lock();
+        let rec = self.record(id_or_name)?;
+        Self::check_owner(&rec, caller)?;
+        if let Some(m) = self.core.by_slot(rec.slot) {
+            let open = m.open_files.load(Ordering::Acquire);
+            if open > 0 {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "{}: {open} file{} open in the volume; close {} first",
+                        rec.id,
+                        if open == 1 { " is" } else { "s are" },
+                        if open == 1 { "it" } else { "them" }
+                    ),
+                ));
+            }
+            self.core.unregister(rec.slot);
+            self.invalidate(&m.info.read());
+        }
+        {
+            let mut conn = self.catalog.conn();
+            let tx = conn.transaction()?;
+            native_meta::delete_volume_data(&tx, rec.slot)?;
+            tx.execute("DELETE FROM treehashes WHERE slot = ?1", [rec.slot])?;
+            tx.execute("DELETE FROM volumes WHERE slot = ?1", [rec.slot])?;
+            tx.commit()?;
+        }
+        native_file::collect(&self.native);
+        let _ = self.catalog.event(Some(&rec.id), "info", "destroyed");
+        Ok(Self::info(&rec, "destroyed"))
+    }
+
+    /// Checks one native volume, or all of them and the whole chunk store.
+    pub fn fsck(
+        &self,
+        volume: Option<&str>,
+        repair: bool,
+        caller: &Caller,
+    ) -> Result<fsck::Report> {
+        let slots: Vec<(u32, String)> = match volume {
+            Some(v) => {
+                let rec = self.record(v)?;
+                Self::check_owner(&rec, caller)?;
+                if rec.kind != "native" {
+                    return Err(Error::new(
+                        ErrorKind::Invalid,
+                        format!(
+                            "{}: fsck checks native volumes; this one is {}",
+                            rec.id, rec.kind
+                        ),
+                    ));
+                }
+                vec![(rec.slot, rec.id)]
+            }
+            None => {
+                if caller.uid != 0 {
+                    return Err(Error::new(
+                        ErrorKind::NotPermitted,
+                        "checking the whole store needs root; name a volume you own",
+                    ));
+                }
+                self.catalog
+                    .volumes()?
+                    .into_iter()
+                    .filter(|r| r.kind == "native")
+                    .map(|r| (r.slot, r.id))
+                    .collect()
+            }
+        };
+        let rep = fsck::run(&self.native, &slots, volume.is_none(), repair)?;
+        let _ = self.catalog.event(
+            volume,
+            if rep.problems.is_empty() {
+                "info"
+            } else {
+                "warn"
+            },
+            &format!(
+                "fsck: {} problems, {} unrepaired",
+                rep.problems.len(),
+                rep.unrepaired()
+            ),
+        );
+        Ok(rep)
+    }
+
+    /// Hot-tier usage: (unique chunks, their bytes).
+    pub fn hot_usage(&self) -> Result<(u64, u64)> {
+        let (n, b): (i64, i64) = self.catalog.conn().query_row(
+            "SELECT count(*), COALESCE(SUM(len), 0) FROM chunks",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((n as u64, b as u64))
+    }
+
+    /// The shared native-volume environment.
+    pub fn native_env(&self) -> &Arc<Env> {
+        &self.native
     }
 
     fn reload_archive(&self, rec: &VolumeRecord) -> Result<()> {

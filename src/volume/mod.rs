@@ -1,4 +1,5 @@
-//! Volume kinds: archive (tar, zip) today; native, drive and tape later.
+//! Volume kinds: archive (tar, zip) and native (writable, chunk store).
 
 pub mod archive;
 pub mod manager;
+pub mod native;

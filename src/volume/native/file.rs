@@ -1,0 +1,701 @@
+//! File data of native volumes: write buffers, sealing, reads, commits.
+//!
+//! Chunk `i` of a file covers bytes `[i MiB, (i+1) MiB)`; a missing chunk is
+//! a hole. Every open inode has one shared [`State`] (all descriptors of a
+//! file see the same bytes), holding:
+//!
+//! * `dirty`: chunks being written, as plain buffers;
+//! * `sealing`: full chunks handed to the sealer, still readable;
+//! * `extents`: the chunk map, committed or sealed since the last commit;
+//! * `changed`: chunk numbers whose extent the catalog does not have yet.
+//!
+//! A commit (on flush, fsync, release, truncate, fallocate) seals every dirty
+//! chunk, waits for the sealer, and writes the changed extents, size and
+//! times in one catalog transaction. It is all or nothing: if sealing failed
+//! (ENOSPC, I/O error) the inode rolls back to its last committed state,
+//! chunks written for the failed commit are removed, and the error is
+//! returned; the catalog never points at data that was only half written.
+//!
+//! Invariant kept by every commit: the extent of chunk `i` has length
+//! `min(1 MiB, size - i MiB)`, so the tree hash of a file is computed from its
+//! chunk names alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::meta::{self, Ext};
+use super::sealer::{Budget, Sealer};
+use crate::error::{Error, ErrorKind, Result, err};
+use crate::fs::types::Timespec;
+use crate::store::catalog::Catalog;
+use crate::store::chunks::{ChunkStore, Pin, hex};
+use crate::store::treehash::{self, Hash, LEAF};
+
+const LEAF64: u64 = LEAF as u64;
+/// The largest file size (FUSE and the kernel cap offsets at 2^63; chunk
+/// numbers must fit the catalog's integers with room to spare).
+pub const MAX_FILE: u64 = 1 << 52;
+
+/// What native volumes share: the catalog, the chunk store, the sealer
+/// pool and the write-buffer budget.
+pub struct Env {
+    pub catalog: Arc<Catalog>,
+    pub store: Arc<ChunkStore>,
+    pub sealer: Arc<Sealer>,
+    pub budget: Arc<Budget>,
+}
+
+/// The open state of one inode.
+pub struct Inode {
+    pub ino: i64,
+    pub st: Mutex<State>,
+    pub cv: Condvar,
+    /// Users of this state: open descriptors plus short internal uses.
+    pub users: AtomicU32,
+    /// Set when the last name of the inode is removed while it is open; the
+    /// inode is deleted when the last user goes.
+    pub unlinked: AtomicBool,
+}
+
+pub struct State {
+    pub size: u64,
+    pub committed_size: u64,
+    pub extents: BTreeMap<u64, Ext>,
+    pub dirty: BTreeMap<u64, Vec<u8>>,
+    pub sealing: BTreeMap<u64, Arc<Vec<u8>>>,
+    pub changed: BTreeSet<u64>,
+    pub pins: Vec<Pin>,
+    pub mtime: i64,
+    pub ctime: i64,
+    pub times_dirty: bool,
+    /// A sealing failure, reported by the next write, flush or fsync.
+    pub error: Option<Error>,
+}
+
+impl State {
+    pub fn is_clean(&self) -> bool {
+        self.dirty.is_empty()
+            && self.sealing.is_empty()
+            && self.changed.is_empty()
+            && !self.times_dirty
+            && self.size == self.committed_size
+    }
+
+    /// Bytes of chunk data this file has (for `st_blocks`).
+    pub fn stored(&self) -> u64 {
+        let mut n: u64 = self.extents.values().map(|e| u64::from(e.len)).sum();
+        for (idx, d) in &self.dirty {
+            if !self.extents.contains_key(idx) {
+                n += d.len() as u64;
+            }
+        }
+        n
+    }
+
+    fn has_data(&self, idx: u64) -> bool {
+        self.extents.contains_key(&idx)
+            || self.dirty.contains_key(&idx)
+            || self.sealing.contains_key(&idx)
+    }
+}
+
+impl Inode {
+    /// Loads the committed state of `ino`.
+    pub fn load(cat: &Catalog, slot: u32, ino: i64) -> Result<Arc<Inode>> {
+        let conn = cat.conn();
+        let row = meta::get(&conn, slot, ino)?;
+        let extents = meta::extents(&conn, ino)?;
+        Ok(Arc::new(Inode {
+            ino,
+            st: Mutex::new(State {
+                size: row.size,
+                committed_size: row.size,
+                extents,
+                dirty: BTreeMap::new(),
+                sealing: BTreeMap::new(),
+                changed: BTreeSet::new(),
+                pins: Vec::new(),
+                mtime: row.mtime,
+                ctime: row.ctime,
+                times_dirty: false,
+                error: None,
+            }),
+            cv: Condvar::new(),
+            users: AtomicU32::new(0),
+            unlinked: AtomicBool::new(false),
+        }))
+    }
+}
+
+fn now() -> i64 {
+    Timespec::now().as_nanos()
+}
+
+/// The expected length of chunk `idx` of a file of `size` bytes.
+fn chunk_len(size: u64, idx: u64) -> usize {
+    size.saturating_sub(idx * LEAF64).min(LEAF64) as usize
+}
+
+fn all_zero(data: &[u8]) -> bool {
+    let (pre, mid, post) = unsafe { data.align_to::<u128>() };
+    pre.iter().all(|&b| b == 0) && mid.iter().all(|&w| w == 0) && post.iter().all(|&b| b == 0)
+}
+
+/// Hashes and stores a chunk; `None` for all-zero data (a hole).
+fn seal_data(store: &Arc<ChunkStore>, data: &[u8]) -> Result<Option<(Pin, u32)>> {
+    if data.is_empty() || all_zero(data) {
+        return Ok(None);
+    }
+    let pin = store.put(data)?;
+    Ok(Some((pin, data.len() as u32)))
+}
+
+/// Where the bytes of one chunk piece of a read come from.
+enum Source {
+    Zero,
+    Bytes(Vec<u8>),
+    Chunk(Pin, usize, usize),
+}
+
+/// File data operations of one native volume.
+pub struct Files {
+    pub env: Arc<Env>,
+    pub slot: u32,
+    /// Names the volume in log lines.
+    pub volume: String,
+}
+
+impl Files {
+    fn store(&self) -> &Arc<ChunkStore> {
+        &self.env.store
+    }
+
+    /// Reads `len` bytes of chunk `idx` as committed or sealed (empty if a
+    /// hole), for a read-modify-write.
+    fn load_chunk(&self, st: &State, idx: u64) -> Result<Vec<u8>> {
+        match st.extents.get(&idx) {
+            Some(e) => self
+                .store()
+                .read_all(&e.hash)
+                .map_err(|e| self.data_error(e, idx * LEAF64)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn data_error(&self, e: Error, offset: u64) -> Error {
+        tracing::error!(volume = %self.volume, offset, "data error: {e}");
+        if e.kind() == ErrorKind::Integrity {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("volume {}: offset {offset}: {e}", self.volume),
+            )
+        } else {
+            e
+        }
+    }
+
+    /// Reads up to `size` bytes at `off`.
+    pub fn read(&self, node: &Inode, off: u64, size: u32) -> Result<Vec<u8>> {
+        let mut sources = Vec::new();
+        let (start, end) = {
+            let st = node.st.lock();
+            if off >= st.size {
+                return Ok(Vec::new());
+            }
+            let end = (off + u64::from(size)).min(st.size);
+            let mut pos = off;
+            while pos < end {
+                let idx = pos / LEAF64;
+                let a = (pos - idx * LEAF64) as usize;
+                let b = ((end - idx * LEAF64).min(LEAF64)) as usize;
+                let from_buf = |buf: &[u8]| {
+                    let mut v = vec![0u8; b - a];
+                    if a < buf.len() {
+                        let n = (b.min(buf.len())) - a;
+                        v[..n].copy_from_slice(&buf[a..a + n]);
+                    }
+                    Source::Bytes(v)
+                };
+                let src = if let Some(d) = st.dirty.get(&idx) {
+                    from_buf(d)
+                } else if let Some(d) = st.sealing.get(&idx) {
+                    from_buf(d)
+                } else if let Some(e) = st.extents.get(&idx) {
+                    // Pin so a concurrent commit cannot collect the chunk
+                    // between here and the read below.
+                    Source::Chunk(self.store().pin(e.hash), a, b.min(e.len as usize).max(a))
+                } else {
+                    Source::Zero
+                };
+                sources.push((pos, b - a, src));
+                pos = idx * LEAF64 + b as u64;
+            }
+            (off, end)
+        };
+        let mut out = vec![0u8; (end - start) as usize];
+        for (pos, len, src) in sources {
+            let dst = &mut out[(pos - start) as usize..(pos - start) as usize + len];
+            match src {
+                Source::Zero => {}
+                Source::Bytes(v) => dst.copy_from_slice(&v),
+                Source::Chunk(pin, a, b) => {
+                    if b > a {
+                        self.store()
+                            .read(pin.hash(), a, &mut dst[..b - a])
+                            .map_err(|e| {
+                                tracing::error!(
+                                    volume = %self.volume,
+                                    ino = node.ino,
+                                    offset = pos,
+                                    chunk = %hex(pin.hash()),
+                                    "read failed: {e}"
+                                );
+                                self.data_error(e, pos)
+                            })?;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Hands a full chunk to the sealer.
+    fn submit(&self, node: &Arc<Inode>, st: &mut State, idx: u64, data: Vec<u8>) {
+        let data = Arc::new(data);
+        st.sealing.insert(idx, data.clone());
+        let node = node.clone();
+        let env = self.env.clone();
+        let volume = self.volume.clone();
+        self.env.sealer.submit(move || {
+            let result = seal_data(&env.store, &data);
+            let cap = data.capacity() as u64;
+            let mut st = node.st.lock();
+            st.sealing.remove(&idx);
+            match result {
+                Ok(Some((pin, len))) => {
+                    st.extents.insert(idx, Ext { hash: *pin.hash(), len });
+                    st.pins.push(pin);
+                    st.changed.insert(idx);
+                    env.budget.sub(cap);
+                }
+                Ok(None) => {
+                    st.extents.remove(&idx);
+                    st.changed.insert(idx);
+                    env.budget.sub(cap);
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %volume, ino = node.ino, chunk = idx, "sealing failed: {e}");
+                    // Keep the data so nothing is silently lost; the error
+                    // is reported to the writer and the commit rolls back.
+                    let back = Arc::try_unwrap(data).unwrap_or_else(|a| (*a).clone());
+                    st.dirty.entry(idx).or_insert(back);
+                    if st.error.is_none() {
+                        st.error = Some(e);
+                    }
+                }
+            }
+            node.cv.notify_all();
+        });
+    }
+
+    /// Seals every dirty chunk and waits until the sealer is done.
+    fn drain(&self, node: &Arc<Inode>, st: &mut MutexGuard<'_, State>) {
+        let dirty = std::mem::take(&mut st.dirty);
+        for (idx, data) in dirty {
+            self.submit(node, st, idx, data);
+        }
+        while !st.sealing.is_empty() {
+            node.cv.wait(st);
+        }
+    }
+
+    /// Writes `data` at `off`.
+    pub fn write(&self, node: &Arc<Inode>, off: u64, data: &[u8]) -> Result<u32> {
+        let end = off
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE)
+            .ok_or_else(|| Error::kind_only(ErrorKind::TooBig))?;
+        {
+            let mut st = node.st.lock();
+            if let Some(e) = st.error.take() {
+                return Err(e);
+            }
+            let mut pos = off;
+            while pos < end {
+                let idx = pos / LEAF64;
+                let a = (pos - idx * LEAF64) as usize;
+                let n = ((end - pos).min(LEAF64 - a as u64)) as usize;
+                let piece = &data[(pos - off) as usize..(pos - off) as usize + n];
+                if !st.dirty.contains_key(&idx) {
+                    while st.sealing.contains_key(&idx) {
+                        node.cv.wait(&mut st);
+                    }
+                    let mut base = self.load_chunk(&st, idx)?;
+                    if a + n >= 64 * 1024 && base.capacity() < LEAF {
+                        // Large writes fill whole chunks: allocate once.
+                        base.reserve_exact(LEAF - base.len());
+                    }
+                    self.env.budget.add(base.capacity() as u64);
+                    st.dirty.insert(idx, base);
+                }
+                let budget = &self.env.budget;
+                let buf = st
+                    .dirty
+                    .get_mut(&idx)
+                    .ok_or_else(|| Error::kind_only(ErrorKind::Io))?;
+                if buf.len() < a + n {
+                    let before = buf.capacity();
+                    buf.resize(a + n, 0);
+                    budget.add((buf.capacity() - before) as u64);
+                }
+                buf[a..a + n].copy_from_slice(piece);
+                if buf.len() == LEAF {
+                    if let Some(full) = st.dirty.remove(&idx) {
+                        self.submit(node, &mut st, idx, full);
+                    }
+                }
+                pos += n as u64;
+            }
+            st.size = st.size.max(end);
+            let t = now();
+            st.mtime = t;
+            st.ctime = t;
+            st.times_dirty = true;
+        }
+        self.relieve(node);
+        Ok(data.len() as u32)
+    }
+
+    /// If write buffers across the daemon exceed the budget, seals this
+    /// file's partial chunks and waits for the sealer to catch up.
+    fn relieve(&self, node: &Arc<Inode>) {
+        if !self.env.budget.over() {
+            return;
+        }
+        {
+            let mut st = node.st.lock();
+            let dirty = std::mem::take(&mut st.dirty);
+            for (idx, data) in dirty {
+                self.submit(node, &mut st, idx, data);
+            }
+        }
+        for _ in 0..100 {
+            if !self.env.budget.over() {
+                break;
+            }
+            self.env.budget.wait_below(Duration::from_millis(50));
+        }
+    }
+
+    /// Makes everything written so far part of the committed file.
+    pub fn flush(&self, node: &Arc<Inode>) -> Result<()> {
+        let mut st = node.st.lock();
+        self.drain(node, &mut st);
+        if let Some(e) = st.error.take() {
+            self.rollback(node, &mut st)?;
+            return Err(e);
+        }
+        if st.is_clean() {
+            return Ok(());
+        }
+        self.commit(node, &mut st)
+    }
+
+    /// Restores the last committed state and removes chunks written for the
+    /// abandoned changes.
+    fn rollback(&self, node: &Inode, st: &mut State) -> Result<()> {
+        let dropped: u64 = st.dirty.values().map(|d| d.capacity() as u64).sum();
+        self.env.budget.sub(dropped);
+        st.dirty.clear();
+        st.changed.clear();
+        st.size = st.committed_size;
+        st.times_dirty = false;
+        let pins = std::mem::take(&mut st.pins);
+        self.discard(pins);
+        st.extents = meta::extents(&self.env.catalog.conn(), node.ino)?;
+        tracing::warn!(volume = %self.volume, ino = node.ino, "uncommitted writes rolled back");
+        Ok(())
+    }
+
+    /// Drops pins of chunks that were written but never committed, removing
+    /// the files no committed row references.
+    fn discard(&self, pins: Vec<Pin>) {
+        for pin in pins {
+            let h = *pin.hash();
+            drop(pin);
+            let cat = &self.env.catalog;
+            let _ = self
+                .store()
+                .remove_unpinned(&h, || Ok(!meta::chunk_known(&cat.conn(), &h)?));
+        }
+    }
+
+    /// Re-seals chunk `idx` after `f` changes its bytes (synchronously).
+    fn reseal(&self, st: &mut State, idx: u64, f: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+        let mut data = self.load_chunk(st, idx)?;
+        f(&mut data);
+        match seal_data(self.store(), &data)? {
+            Some((pin, len)) => {
+                st.extents.insert(
+                    idx,
+                    Ext {
+                        hash: *pin.hash(),
+                        len,
+                    },
+                );
+                st.pins.push(pin);
+            }
+            None => {
+                st.extents.remove(&idx);
+            }
+        }
+        st.changed.insert(idx);
+        Ok(())
+    }
+
+    /// Restores the chunk-length invariant after the size changed.
+    fn normalize(&self, st: &mut State) -> Result<()> {
+        let size = st.size;
+        let first_beyond = size.div_ceil(LEAF64);
+        let beyond: Vec<u64> = st.extents.range(first_beyond..).map(|(k, _)| *k).collect();
+        for idx in beyond {
+            st.extents.remove(&idx);
+            st.changed.insert(idx);
+        }
+        let mut check: BTreeSet<u64> = st.changed.iter().copied().collect();
+        if size > 0 {
+            check.insert((size - 1) / LEAF64);
+        }
+        if st.committed_size > 0 {
+            check.insert((st.committed_size - 1) / LEAF64);
+        }
+        for idx in check {
+            let Some(e) = st.extents.get(&idx).copied() else {
+                continue;
+            };
+            let want = chunk_len(size, idx);
+            if e.len as usize != want {
+                self.reseal(st, idx, |d| d.resize(want, 0))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the changed extents, size and times in one transaction.
+    fn commit(&self, node: &Inode, st: &mut State) -> Result<()> {
+        if let Err(e) = self.normalize(st) {
+            self.rollback(node, st)?;
+            return Err(e);
+        }
+        let result = (|| -> Result<()> {
+            let mut conn = self.env.catalog.conn();
+            let tx = conn.transaction()?;
+            for idx in &st.changed {
+                meta::set_extent(&tx, node.ino, *idx, st.extents.get(idx).copied())?;
+            }
+            tx.prepare_cached(
+                "UPDATE inodes SET size = ?2, mtime_ns = ?3, ctime_ns = ?4 WHERE ino = ?1",
+            )?
+            .execute(rusqlite::params![
+                node.ino,
+                st.size as i64,
+                st.mtime,
+                st.ctime
+            ])?;
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.rollback(node, st)?;
+            return Err(e);
+        }
+        st.changed.clear();
+        st.pins.clear();
+        st.committed_size = st.size;
+        st.times_dirty = false;
+        collect(&self.env);
+        Ok(())
+    }
+
+    /// fsync: commit, then make the chunk store and catalog durable.
+    pub fn fsync(&self, node: &Arc<Inode>) -> Result<()> {
+        self.flush(node)?;
+        self.store().sync()
+    }
+
+    /// Sets the size (truncate), committing at once.
+    pub fn truncate(&self, node: &Arc<Inode>, size: u64) -> Result<()> {
+        if size > MAX_FILE {
+            return err(ErrorKind::TooBig);
+        }
+        let mut st = node.st.lock();
+        self.drain(node, &mut st);
+        if let Some(e) = st.error.take() {
+            self.rollback(node, &mut st)?;
+            return Err(e);
+        }
+        st.size = size;
+        let t = now();
+        st.mtime = t;
+        st.ctime = t;
+        st.times_dirty = true;
+        self.commit(node, &mut st)
+    }
+
+    /// fallocate: modes 0 and KEEP_SIZE (no space is reserved; the size may
+    /// grow), PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE (with or without
+    /// KEEP_SIZE). Whole chunks in a punched range become holes.
+    pub fn fallocate(&self, node: &Arc<Inode>, off: u64, len: u64, mode: i32) -> Result<()> {
+        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+        const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE)
+            .ok_or_else(|| Error::kind_only(ErrorKind::TooBig))?;
+        if len == 0 {
+            return err(ErrorKind::Invalid);
+        }
+        let zeroing = match mode {
+            0 | KEEP => false,
+            m if m == PUNCH | KEEP => true,
+            m if m == ZERO || m == ZERO | KEEP => true,
+            _ => return err(ErrorKind::Unsupported),
+        };
+        let mut st = node.st.lock();
+        self.drain(node, &mut st);
+        if let Some(e) = st.error.take() {
+            self.rollback(node, &mut st)?;
+            return Err(e);
+        }
+        if zeroing {
+            let zend = end.min(st.size);
+            let mut pos = off;
+            while pos < zend {
+                let idx = pos / LEAF64;
+                let a = (pos - idx * LEAF64) as usize;
+                let b = ((zend - idx * LEAF64).min(LEAF64)) as usize;
+                if st.extents.contains_key(&idx) {
+                    if a == 0 && b >= chunk_len(st.size, idx) {
+                        st.extents.remove(&idx);
+                        st.changed.insert(idx);
+                    } else {
+                        self.reseal(&mut st, idx, |d| {
+                            let to = b.min(d.len());
+                            if a < to {
+                                d[a..to].fill(0);
+                            }
+                        })?;
+                    }
+                }
+                pos = idx * LEAF64 + b as u64;
+            }
+        }
+        if mode & KEEP == 0 && end > st.size {
+            st.size = end;
+        }
+        let t = now();
+        st.mtime = if zeroing { t } else { st.mtime };
+        st.ctime = t;
+        st.times_dirty = true;
+        self.commit(node, &mut st)
+    }
+
+    /// SEEK_DATA / SEEK_HOLE at chunk granularity.
+    pub fn seek(&self, node: &Inode, off: u64, whence: i32) -> Result<u64> {
+        let st = node.st.lock();
+        if off >= st.size {
+            return err(ErrorKind::NoSuchOffset);
+        }
+        let last = (st.size - 1) / LEAF64;
+        let first = off / LEAF64;
+        match whence {
+            libc::SEEK_DATA => (first..=last)
+                .find(|&i| st.has_data(i))
+                .map(|i| (i * LEAF64).max(off))
+                .ok_or_else(|| Error::kind_only(ErrorKind::NoSuchOffset)),
+            libc::SEEK_HOLE => Ok((first..=last)
+                .find(|&i| !st.has_data(i))
+                .map(|i| (i * LEAF64).max(off))
+                .unwrap_or(st.size)
+                .min(st.size)),
+            _ => err(ErrorKind::Invalid),
+        }
+    }
+
+    /// The Glacier tree hash, from chunk names (commits pending writes first).
+    pub fn tree_hash(&self, node: &Arc<Inode>) -> Result<Hash> {
+        self.flush(node)?;
+        let st = node.st.lock();
+        let n = st.size.div_ceil(LEAF64);
+        let leaves: Vec<Hash> = (0..n)
+            .map(|i| match st.extents.get(&i) {
+                Some(e) => e.hash,
+                None => treehash::zero_leaf(chunk_len(st.size, i)),
+            })
+            .collect();
+        if leaves.is_empty() {
+            return Ok(treehash::sha256(b""));
+        }
+        Ok(treehash::root(&leaves))
+    }
+
+    /// Forgets buffered data of an inode that is going away (last user
+    /// gone after an unlink), returning the budget.
+    pub fn discard_inode(&self, node: &Arc<Inode>) {
+        let mut st = node.st.lock();
+        while !st.sealing.is_empty() {
+            node.cv.wait(&mut st);
+        }
+        let dropped: u64 = st.dirty.values().map(|d| d.capacity() as u64).sum();
+        self.env.budget.sub(dropped);
+        st.dirty.clear();
+        let pins = std::mem::take(&mut st.pins);
+        drop(st);
+        self.discard(pins);
+    }
+}
+
+/// Removes chunks that nothing references any more.
+pub fn collect(env: &Env) {
+    let free = match meta::free_chunks(&env.catalog.conn()) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("listing unreferenced chunks: {e}");
+            return;
+        }
+    };
+    for h in free {
+        let r = env
+            .store
+            .remove_unpinned(&h, || meta::drop_chunk_if_free(&env.catalog.conn(), &h));
+        if let Err(e) = r {
+            tracing::warn!(chunk = %hex(&h), "collecting: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_lengths() {
+        assert_eq!(chunk_len(0, 0), 0);
+        assert_eq!(chunk_len(10, 0), 10);
+        assert_eq!(chunk_len(LEAF64 + 5, 0), LEAF);
+        assert_eq!(chunk_len(LEAF64 + 5, 1), 5);
+        assert_eq!(chunk_len(LEAF64 + 5, 2), 0);
+        assert!(all_zero(&[0u8; 1000]));
+        let mut v = vec![0u8; 1000];
+        v[999] = 1;
+        assert!(!all_zero(&v));
+        v[999] = 0;
+        v[3] = 1;
+        assert!(!all_zero(&v));
+    }
+}
