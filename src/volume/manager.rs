@@ -254,7 +254,8 @@ impl Manager {
         medium: SharedMedium,
     ) -> Result<Arc<Mounted>> {
         let label = rec.medium_path.clone().unwrap_or_else(|| rec.id.clone());
-        let fs = ArchiveVolume::new(label, index, medium.clone(), self.cache_dir.join(&rec.id));
+        let fs = ArchiveVolume::new(label, index, medium.clone(), self.cache_dir.join(&rec.id))
+            .with_hash_cache(self.catalog.clone(), rec.slot);
         let m = Arc::new(Mounted {
             slot: rec.slot,
             info: RwLock::new(Self::info(rec, "attached")),

@@ -40,8 +40,23 @@ impl Daemon {
         Self::start_with_config(None)
     }
 
+    /// Starts a daemon whose state directory is `state` (e.g. on a small
+    /// filesystem).
+    pub fn start_with_state(state: &Path) -> Daemon {
+        let mut d = Self::prepare(None);
+        d.state = state.to_path_buf();
+        d.spawn();
+        d
+    }
+
     /// Starts a daemon whose config file holds `config` (TOML overlay).
     pub fn start_with_config(config: Option<&str>) -> Daemon {
+        let mut d = Self::prepare(config);
+        d.spawn();
+        d
+    }
+
+    fn prepare(config: Option<&str>) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("fsd-test-")
             .tempdir()
@@ -54,16 +69,14 @@ impl Daemon {
             std::fs::write(&p, c).unwrap();
             p
         });
-        let mut d = Daemon {
+        Daemon {
             log: dir.path().join("fsd.log"),
             dir,
             mnt,
             state,
             config: cfg,
             child: None,
-        };
-        d.spawn();
-        d
+        }
     }
 
     /// Starts the daemon process and waits until the mount answers.

@@ -20,6 +20,8 @@ use self::inflate::{InflateCache, Source};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::{DirEntry, OpenFile, VOLUME_ROOT, VolumeFs};
 use crate::fs::types::{Attr, Ctx, FileKind, OpenFlags, OpenOpts, StatFs, Timespec};
+use crate::store::catalog::Catalog;
+use crate::store::treehash::TreeHasher;
 
 /// The archive formats fsd reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +164,9 @@ struct Inner {
     index: ArchiveIndex,
     medium: SharedMedium,
     inflated: InflateCache,
+    /// Where computed tree hashes are cached: the catalog and this volume's
+    /// slot. None in unit tests.
+    hashes: Option<(Arc<Catalog>, u32)>,
 }
 
 /// An attached tar or zip archive.
@@ -183,8 +188,48 @@ impl ArchiveVolume {
                 index,
                 medium,
                 inflated: InflateCache::new(cache_dir),
+                hashes: None,
             }),
         }
+    }
+
+    /// Caches computed tree hashes in `catalog` under `slot`.
+    pub fn with_hash_cache(self, catalog: Arc<Catalog>, slot: u32) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => ArchiveVolume {
+                inner: Arc::new(Inner {
+                    hashes: Some((catalog, slot)),
+                    ..inner
+                }),
+            },
+            Err(inner) => ArchiveVolume { inner },
+        }
+    }
+
+    /// The Glacier tree hash of a member, computed on first request by
+    /// reading it, then cached in the catalog.
+    fn tree_hash(&self, ino: u64, node: u32) -> Result<Vec<u8>> {
+        if let Some((cat, slot)) = &self.inner.hashes
+            && let Some(h) = cat.treehash(*slot, ino)?
+        {
+            return Ok(h.into_bytes());
+        }
+        let size = self.inner.index.nodes[node as usize].size;
+        let mut hasher = TreeHasher::new();
+        let mut off = 0u64;
+        while off < size {
+            let piece = self.inner.read(node, off, 1 << 20)?;
+            if piece.is_empty() {
+                break;
+            }
+            hasher.update(&piece);
+            off += piece.len() as u64;
+        }
+        let hex = hex::encode(hasher.finish());
+        if let Some((cat, slot)) = &self.inner.hashes {
+            cat.set_treehash(*slot, ino, &hex)?;
+        }
+        Ok(hex.into_bytes())
     }
 
     pub fn index(&self) -> &ArchiveIndex {
@@ -398,7 +443,13 @@ impl VolumeFs for ArchiveVolume {
     }
 
     fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        let (_, n) = self.node(ino)?;
+        let (i, n) = self.node(ino)?;
+        if name == crate::volume::native::XATTR_TREEHASH {
+            if n.kind != NodeKind::File {
+                return err(ErrorKind::NoAttr);
+            }
+            return self.tree_hash(ino, i);
+        }
         n.xattrs
             .iter()
             .find(|(k, _)| k == name)

@@ -807,7 +807,10 @@ impl VolumeFs for NativeVolume {
         if name.starts_with(b"user.fsd.") {
             return err(ErrorKind::NotPermitted);
         }
-        if name.starts_with(b"system.") {
+        // ACLs (system.*) are not enforced and labels (security.*) not
+        // kept; refusing them is honest, and lets the adapter answer
+        // `ls -l`'s queries for them without a lookup.
+        if name.starts_with(b"system.") || name.starts_with(b"security.") {
             return err(ErrorKind::Unsupported);
         }
         if name.is_empty() || name.len() > 255 {
