@@ -527,8 +527,8 @@ impl Core {
         }
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        self.handle(fh)?.file.read(offset, size)
+    pub fn read(&self, fh: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
+        self.handle(fh)?.file.read(offset, size, out)
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
@@ -808,17 +808,17 @@ struct MediumOpen {
 }
 
 impl OpenFile for MediumOpen {
-    fn read(&self, offset: u64, size: u32) -> Result<Vec<u8>> {
+    fn read(&self, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
+        out.clear();
         let total = self.medium.size();
         if offset >= total {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let n = u64::from(size).min(total - offset) as usize;
-        let mut buf = vec![0u8; n];
+        out.resize(n, 0);
         self.medium
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| Error::io(format!("reading medium at offset {offset}"), e))?;
-        Ok(buf)
+            .read_exact_at(out, offset)
+            .map_err(|e| Error::io(format!("reading medium at offset {offset}"), e))
     }
 
     fn open_opts(&self) -> OpenOpts {

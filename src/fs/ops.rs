@@ -25,8 +25,10 @@ pub struct DirEntry<'a> {
 /// An open regular file. Reads and writes go through it so that per-open
 /// state (write buffers, decompression cursors) lives with the handle.
 pub trait OpenFile: Send + Sync {
-    /// Reads up to `size` bytes at `offset`; short only at end of file.
-    fn read(&self, offset: u64, size: u32) -> Result<Vec<u8>>;
+    /// Reads up to `size` bytes at `offset` into `out`, replacing what it
+    /// held; short only at end of file. The caller reuses `out` across
+    /// reads, so a read allocates nothing.
+    fn read(&self, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()>;
 
     fn write(&self, _offset: u64, _data: &[u8]) -> Result<u32> {
         err(ErrorKind::ReadOnly)

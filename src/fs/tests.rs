@@ -117,7 +117,8 @@ fn open_read_release_tracks_handles() {
         .open(file.ino, OpenFlags(libc::O_RDONLY), &Ctx::ROOT)
         .unwrap();
     assert!(opts.keep_cache);
-    let data = core.read(fh, 10, 5).unwrap();
+    let mut data = Vec::new();
+    core.read(fh, 10, 5, &mut data).unwrap();
     assert_eq!(data, [10, 11, 12, 13, 14]);
     let m = core.find(ID).unwrap();
     assert_eq!(m.open_files.load(Ordering::Acquire), 1);
@@ -182,7 +183,9 @@ fn unregister_hides_but_open_handles_survive() {
     assert!(core.lookup(VOLUMES_INO, ID.as_bytes()).is_err());
     assert!(core.lookup(VOLUMES_INO, b"gone").is_err());
     assert!(core.getattr(file.ino).is_err());
-    assert_eq!(core.read(fh, 0, 2).unwrap(), [0, 1]);
+    let mut data = Vec::new();
+    core.read(fh, 0, 2, &mut data).unwrap();
+    assert_eq!(data, [0, 1]);
     core.release(fh).unwrap();
     assert_eq!(m.open_files.load(Ordering::Acquire), 0);
 }

@@ -326,10 +326,18 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(&e)),
+        // One buffer per FUSE thread, reused: fresh memory for every read
+        // would be allocated, faulted in and zeroed each time.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with(|b| {
+            let mut buf = b.borrow_mut();
+            match self.core.read(fh.0, offset, size, &mut buf) {
+                Ok(()) => reply.data(&buf),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn write(

@@ -674,12 +674,12 @@ impl Manager {
         }
         native_file::collect(&self.native);
         let tmp = self.native.store.clean_tmp()?;
-        let files = {
-            let conn = self.catalog.conn();
-            self.native
-                .store
-                .collect_orphans(|h| native_meta::chunk_known(&conn, h).unwrap_or(true))?
-        };
+        // Read the known chunks first: collection takes the store's pin
+        // lock, which must never wait while the catalog is held.
+        let known: std::collections::HashSet<_> = native_meta::all_chunks(&self.catalog.conn())?
+            .into_iter()
+            .collect();
+        let files = self.native.store.collect_orphans(|h| known.contains(h))?;
         if orphans + tmp + files > 0 {
             tracing::info!(
                 "recovery: removed {orphans} unlinked inodes, {tmp} partial chunk writes, \

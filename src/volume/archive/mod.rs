@@ -217,8 +217,9 @@ impl ArchiveVolume {
         let size = self.inner.index.nodes[node as usize].size;
         let mut hasher = TreeHasher::new();
         let mut off = 0u64;
+        let mut piece = Vec::new();
         while off < size {
-            let piece = self.inner.read(node, off, 1 << 20)?;
+            self.inner.read(node, off, 1 << 20, &mut piece)?;
             if piece.is_empty() {
                 break;
             }
@@ -257,22 +258,25 @@ fn ino_of(node: u32) -> u64 {
 }
 
 impl Inner {
-    /// Reads `size` bytes at `off` of node `i`.
-    fn read(&self, i: u32, off: u64, size: u32) -> Result<Vec<u8>> {
+    /// Reads `size` bytes at `off` of node `i` into `buf`.
+    fn read(&self, i: u32, off: u64, size: u32, buf: &mut Vec<u8>) -> Result<()> {
+        buf.clear();
         let n = &self.index.nodes[i as usize];
         if off >= n.size {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let len = (u64::from(size)).min(n.size - off) as usize;
         match &n.data {
-            Data::None => Ok(vec![0u8; len]),
+            Data::None => {
+                buf.resize(len, 0);
+                Ok(())
+            }
             Data::Stored { offset } => {
-                let mut buf = vec![0u8; len];
-                self.read_medium(&mut buf, offset + off, i)?;
-                Ok(buf)
+                buf.resize(len, 0);
+                self.read_medium(buf, offset + off, i)
             }
             Data::Sparse { segments } => {
-                let mut buf = vec![0u8; len];
+                buf.resize(len, 0);
                 let end = off + len as u64;
                 // First segment that ends after `off`.
                 let first = segments.partition_point(|s| s.logical + s.len <= off);
@@ -285,7 +289,7 @@ impl Inner {
                     let dst = &mut buf[(from - off) as usize..(to - off) as usize];
                     self.read_medium(dst, s.offset + (from - s.logical), i)?;
                 }
-                Ok(buf)
+                Ok(())
             }
             Data::Deflate {
                 offset,
@@ -300,10 +304,11 @@ impl Inner {
                     crc32: *crc32,
                     label: format!("{}: {}", self.label, self.path_of(i)),
                 })?;
-                inflated.read(off, len as u32).map_err(|e| {
+                *buf = inflated.read(off, len as u32).map_err(|e| {
                     tracing::error!(medium = %self.label, node = i, offset = off, "{e}");
                     Error::new(ErrorKind::Integrity, e.to_string())
-                })
+                })?;
+                Ok(())
             }
         }
     }
@@ -352,8 +357,8 @@ struct ArchiveFile {
 }
 
 impl OpenFile for ArchiveFile {
-    fn read(&self, offset: u64, size: u32) -> Result<Vec<u8>> {
-        self.inner.read(self.node, offset, size)
+    fn read(&self, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
+        self.inner.read(self.node, offset, size, out)
     }
 
     fn open_opts(&self) -> OpenOpts {
@@ -510,8 +515,9 @@ mod tests {
             .open(a.ino, OpenFlags(libc::O_RDONLY), &Ctx::ROOT)
             .unwrap();
         let mut out = Vec::new();
+        let mut chunk = Vec::new();
         loop {
-            let chunk = f.read(out.len() as u64, 7).unwrap();
+            f.read(out.len() as u64, 7, &mut chunk).unwrap();
             if chunk.is_empty() {
                 break;
             }

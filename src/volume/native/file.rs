@@ -31,6 +31,7 @@ use super::meta::{self, Ext};
 use super::sealer::{Budget, Sealer};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::types::Timespec;
+use crate::store::buf::ChunkBuf;
 use crate::store::catalog::Catalog;
 use crate::store::chunks::{ChunkStore, Pin, hex};
 use crate::store::treehash::{self, Hash, LEAF};
@@ -65,8 +66,8 @@ pub struct State {
     pub size: u64,
     pub committed_size: u64,
     pub extents: BTreeMap<u64, Ext>,
-    pub dirty: BTreeMap<u64, Vec<u8>>,
-    pub sealing: BTreeMap<u64, Arc<Vec<u8>>>,
+    pub dirty: BTreeMap<u64, ChunkBuf>,
+    pub sealing: BTreeMap<u64, Arc<ChunkBuf>>,
     pub changed: BTreeSet<u64>,
     pub pins: Vec<Pin>,
     pub mtime: i64,
@@ -174,16 +175,17 @@ impl Files {
         &self.env.store
     }
 
-    /// Reads `len` bytes of chunk `idx` as committed or sealed (empty if a
-    /// hole), for a read-modify-write.
-    fn load_chunk(&self, st: &State, idx: u64) -> Result<Vec<u8>> {
-        match st.extents.get(&idx) {
-            Some(e) => self
-                .store()
-                .read_all(&e.hash)
-                .map_err(|e| self.data_error(e, idx * LEAF64)),
-            None => Ok(Vec::new()),
+    /// Reads chunk `idx` as committed or sealed (empty if a hole), for a
+    /// read-modify-write.
+    fn load_chunk(&self, st: &State, idx: u64) -> Result<ChunkBuf> {
+        let mut buf = ChunkBuf::new();
+        if let Some(e) = st.extents.get(&idx) {
+            buf.resize(e.len as usize);
+            self.store()
+                .read(&e.hash, 0, &mut buf)
+                .map_err(|err| self.data_error(err, idx * LEAF64))?;
         }
+        Ok(buf)
     }
 
     fn data_error(&self, e: Error, offset: u64) -> Error {
@@ -198,13 +200,14 @@ impl Files {
         }
     }
 
-    /// Reads up to `size` bytes at `off`.
-    pub fn read(&self, node: &Inode, off: u64, size: u32) -> Result<Vec<u8>> {
+    /// Reads up to `size` bytes at `off` into `out` (replacing its content).
+    pub fn read(&self, node: &Inode, off: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
+        out.clear();
         let mut sources = Vec::new();
         let (start, end) = {
             let st = node.st.lock();
             if off >= st.size {
-                return Ok(Vec::new());
+                return Ok(());
             }
             let end = (off + u64::from(size)).min(st.size);
             let mut pos = off;
@@ -236,7 +239,7 @@ impl Files {
             }
             (off, end)
         };
-        let mut out = vec![0u8; (end - start) as usize];
+        out.resize((end - start) as usize, 0);
         for (pos, len, src) in sources {
             let dst = &mut out[(pos - start) as usize..(pos - start) as usize + len];
             match src {
@@ -260,19 +263,19 @@ impl Files {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Hands a full chunk to the sealer.
-    fn submit(&self, node: &Arc<Inode>, st: &mut State, idx: u64, data: Vec<u8>) {
+    fn submit(&self, node: &Arc<Inode>, st: &mut State, idx: u64, data: ChunkBuf) {
         let data = Arc::new(data);
         st.sealing.insert(idx, data.clone());
         let node = node.clone();
         let env = self.env.clone();
         let volume = self.volume.clone();
         self.env.sealer.submit(move || {
-            let result = seal_data(&env.store, &data);
-            let cap = data.capacity() as u64;
+                        let result = seal_data(&env.store, &data);
+            let cap = LEAF64;
             let mut st = node.st.lock();
             st.sealing.remove(&idx);
             match result {
@@ -334,25 +337,23 @@ impl Files {
                     while st.sealing.contains_key(&idx) {
                         node.cv.wait(&mut st);
                     }
-                    let mut base = self.load_chunk(&st, idx)?;
-                    if a + n >= 64 * 1024 && base.capacity() < LEAF {
-                        // Large writes fill whole chunks: allocate once.
-                        base.reserve_exact(LEAF - base.len());
-                    }
-                    self.env.budget.add(base.capacity() as u64);
+                    let base = self.load_chunk(&st, idx)?;
+                    self.env.budget.add(LEAF64);
                     st.dirty.insert(idx, base);
                 }
-                let budget = &self.env.budget;
                 let buf = st
                     .dirty
                     .get_mut(&idx)
                     .ok_or_else(|| Error::kind_only(ErrorKind::Io))?;
-                if buf.len() < a + n {
-                    let before = buf.capacity();
-                    buf.resize(a + n, 0);
-                    budget.add((buf.capacity() - before) as u64);
+                if buf.len() == a {
+                    // Appending (the sequential case): no zero fill first.
+                    buf.extend_from_slice(piece);
+                } else {
+                    if buf.len() < a + n {
+                        buf.resize(a + n);
+                    }
+                    buf[a..a + n].copy_from_slice(piece);
                 }
-                buf[a..a + n].copy_from_slice(piece);
                 if buf.len() == LEAF {
                     if let Some(full) = st.dirty.remove(&idx) {
                         self.submit(node, &mut st, idx, full);
@@ -408,8 +409,7 @@ impl Files {
     /// Restores the last committed state and removes chunks written for the
     /// abandoned changes.
     fn rollback(&self, node: &Inode, st: &mut State) -> Result<()> {
-        let dropped: u64 = st.dirty.values().map(|d| d.capacity() as u64).sum();
-        self.env.budget.sub(dropped);
+        self.env.budget.sub(st.dirty.len() as u64 * LEAF64);
         st.dirty.clear();
         st.changed.clear();
         st.size = st.committed_size;
@@ -435,7 +435,7 @@ impl Files {
     }
 
     /// Re-seals chunk `idx` after `f` changes its bytes (synchronously).
-    fn reseal(&self, st: &mut State, idx: u64, f: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+    fn reseal(&self, st: &mut State, idx: u64, f: impl FnOnce(&mut ChunkBuf)) -> Result<()> {
         let mut data = self.load_chunk(st, idx)?;
         f(&mut data);
         match seal_data(self.store(), &data)? {
@@ -479,7 +479,7 @@ impl Files {
             };
             let want = chunk_len(size, idx);
             if e.len as usize != want {
-                self.reseal(st, idx, |d| d.resize(want, 0))?;
+                self.reseal(st, idx, |d| d.resize(want))?;
             }
         }
         Ok(())
@@ -651,8 +651,7 @@ impl Files {
         while !st.sealing.is_empty() {
             node.cv.wait(&mut st);
         }
-        let dropped: u64 = st.dirty.values().map(|d| d.capacity() as u64).sum();
-        self.env.budget.sub(dropped);
+        self.env.budget.sub(st.dirty.len() as u64 * LEAF64);
         st.dirty.clear();
         let pins = std::mem::take(&mut st.pins);
         drop(st);

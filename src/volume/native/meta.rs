@@ -337,6 +337,13 @@ pub fn drop_chunk_if_free(c: &Connection, h: &Hash) -> Result<bool> {
     )
 }
 
+/// Every chunk the catalog knows.
+pub fn all_chunks(c: &Connection) -> Result<Vec<Hash>> {
+    let mut st = c.prepare_cached("SELECT hash FROM chunks")?;
+    let rows = st.query_map([], |r| hash_of(r.get(0)?))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 /// Whether the catalog knows chunk `h` (referenced or awaiting collection).
 pub fn chunk_known(c: &Connection, h: &Hash) -> Result<bool> {
     Ok(c.prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?

@@ -279,8 +279,8 @@ struct NativeFile {
 }
 
 impl OpenFile for NativeFile {
-    fn read(&self, offset: u64, size: u32) -> Result<Vec<u8>> {
-        self.vol.files.read(&self.node, offset, size)
+    fn read(&self, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
+        self.vol.files.read(&self.node, offset, size, out)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<u32> {
