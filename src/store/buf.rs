@@ -113,7 +113,7 @@ impl ChunkBuf {
 
     /// True if the buffer suits O_DIRECT: a whole number of pages.
     pub fn direct_io_ok(&self) -> bool {
-        self.len > 0 && self.len % ALIGN == 0
+        self.len > 0 && self.len.is_multiple_of(ALIGN)
     }
 }
 

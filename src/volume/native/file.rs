@@ -354,10 +354,10 @@ impl Files {
                     }
                     buf[a..a + n].copy_from_slice(piece);
                 }
-                if buf.len() == LEAF {
-                    if let Some(full) = st.dirty.remove(&idx) {
-                        self.submit(node, &mut st, idx, full);
-                    }
+                if buf.len() == LEAF
+                    && let Some(full) = st.dirty.remove(&idx)
+                {
+                    self.submit(node, &mut st, idx, full);
                 }
                 pos += n as u64;
             }

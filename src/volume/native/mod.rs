@@ -366,11 +366,12 @@ impl NativeVolume {
 
     fn open_file(&self, row: i64, flags: OpenFlags) -> Result<Arc<dyn OpenFile>> {
         let node = self.inner.acquire(row)?;
-        if flags.truncate() && flags.writable() {
-            if let Err(e) = self.inner.files.truncate(&node, 0) {
-                let _ = self.inner.release(&node);
-                return Err(e);
-            }
+        if flags.truncate()
+            && flags.writable()
+            && let Err(e) = self.inner.files.truncate(&node, 0)
+        {
+            let _ = self.inner.release(&node);
+            return Err(e);
         }
         Ok(Arc::new(NativeFile {
             vol: self.inner.clone(),
