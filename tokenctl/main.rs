@@ -1,6 +1,7 @@
 //! `tokenctl`: the client of fsd's control socket. Argument parsing and
 //! output formatting only; the protocol lives in `fsd::control`.
 
+mod offload;
 mod output;
 
 use std::io::IsTerminal;
@@ -27,8 +28,14 @@ Exit codes:
   6   invalid argument
   7   permission denied, or read-only
   8   corrupt input (archive, index) or failed integrity check
-  9   no space on the hot tier
-  10-23  offload token errors (see the README)";
+    9   no space on the hot tier
+  10  token type not supported          17  a subtoken is missing
+  11  token invalid                     18  a subtoken of another token
+  12  token unknown                     19  subtokens disagree on their count
+  13  token corrupt (header, CRC)       20  subtoken sequence out of range
+  14  token revoked                     21  two different subtokens, one sequence
+  15  token expired                     22  token from another provider
+  16  token length invalid              23  token needs more subtokens than allowed";
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +56,27 @@ struct Cli {
     json: bool,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RodArg {
+    /// The token keeps a point-in-time image; later changes to the source
+    /// do not affect it.
+    Persistent,
+    /// The token is revoked by any overlapping write, truncate or punch.
+    ChangeVulnerable,
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// List tokens (yours; every token for root). Never shows keys.
+    List,
+    /// Decode a token file (its key stays hidden) and show its state.
+    Inspect { token: PathBuf },
+    /// Revoke a token: it stops working and its snapshot is released.
+    Revoke { token: PathBuf },
+    /// The provider's limits, after ODX's DEVICE_COPY_OFFLOAD_DESCRIPTOR.
+    Limits,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -109,6 +137,68 @@ enum Cmd {
         #[arg(long)]
         repair: bool,
     },
+    /// Offload read (ODX FSCTL_OFFLOAD_READ, T10 POPULATE TOKEN): get a token
+    /// for a file's bytes, written to TOKENFILE as 512-byte subtokens.
+    /// Prints the length the token represents, which may be less than asked
+    /// (loop). Offsets and lengths are multiples of 512, except a length
+    /// that ends at the end of the file. Sizes take K, M, G, T suffixes.
+    OffloadRead {
+        file: PathBuf,
+        #[arg(long, value_parser = offload::parse_size)]
+        offset: Option<u64>,
+        #[arg(long, value_parser = offload::parse_size)]
+        length: Option<u64>,
+        /// A range OFF:LEN; repeat for several (in order).
+        #[arg(long = "range", value_parser = offload::parse_range)]
+        ranges: Vec<fsd::token::format::Range>,
+        /// Lifetime in seconds (see `tokenctl token limits`).
+        #[arg(long)]
+        ttl: Option<u64>,
+        #[arg(long = "type", value_enum, default_value = "persistent")]
+        rod: RodArg,
+        /// Fail (exit 23, saying how many are needed) if the token needs
+        /// more subtokens than this.
+        #[arg(long)]
+        max_subtokens: Option<usize>,
+        /// Where to write the token file (mode 0600: a token is a secret).
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
+    /// Offload write (ODX FSCTL_OFFLOAD_WRITE, T10 WRITE USING TOKEN): write
+    /// the bytes a token represents into DEST (created if missing). Prints
+    /// the bytes written, which may be short. A token can be written many
+    /// times until it expires or is revoked. The zero token writes zeros.
+    OffloadWrite {
+        token: PathBuf,
+        dest: PathBuf,
+        /// Where in DEST to write.
+        #[arg(long, value_parser = offload::parse_size, default_value = "0")]
+        offset: u64,
+        /// Where in the token's bytes to start.
+        #[arg(long, value_parser = offload::parse_size, default_value = "0")]
+        token_offset: u64,
+        /// How much to write (default: the rest of the token).
+        #[arg(long, value_parser = offload::parse_size)]
+        length: Option<u64>,
+        /// Revoke the token after this write.
+        #[arg(long)]
+        delete_token: bool,
+    },
+    /// Copy SRC to DST with offload read and write, looping until done;
+    /// the data never passes through tokenctl. Aligned copies between native
+    /// volumes share chunks and copy no data.
+    Copy {
+        src: PathBuf,
+        dst: PathBuf,
+        /// If the offload path is unavailable, copy through tokenctl.
+        #[arg(long)]
+        fallback: bool,
+    },
+    /// Offload tokens: list, inspect, revoke, limits.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
 }
 
 fn socket_path(cli: &Cli) -> PathBuf {
@@ -122,6 +212,16 @@ fn socket_path(cli: &Cli) -> PathBuf {
 /// Runs the command; returns the exit status for outcomes that are not
 /// errors of the call itself (fsck finding problems).
 fn run(cli: &Cli) -> Result<u8, Error> {
+    // `token inspect` works on its own; it only adds the state if a daemon
+    // answers.
+    if let Cmd::Token {
+        cmd: TokenCmd::Inspect { token },
+    } = &cli.cmd
+    {
+        let mut c = Client::connect(&socket_path(cli)).ok();
+        offload::inspect(c.as_mut(), token, cli.json)?;
+        return Ok(0);
+    }
     let mut client = Client::connect(&socket_path(cli))?;
     let out = output::Output { json: cli.json };
     match &cli.cmd {
@@ -187,6 +287,60 @@ fn run(cli: &Cli) -> Result<u8, Error> {
             )?;
             return out.fsck(&v);
         }
+        Cmd::OffloadRead {
+            file,
+            offset,
+            length,
+            ranges,
+            ttl,
+            rod,
+            max_subtokens,
+            output,
+        } => offload::offload_read(
+            &mut client,
+            &offload::ReadArgs {
+                file: file.clone(),
+                offset: *offset,
+                length: *length,
+                ranges: ranges.clone(),
+                ttl: *ttl,
+                rod: match rod {
+                    RodArg::Persistent => fsd::token::engine::Rod::Persistent,
+                    RodArg::ChangeVulnerable => fsd::token::engine::Rod::ChangeVulnerable,
+                },
+                max_subtokens: *max_subtokens,
+                output: output.clone(),
+            },
+            cli.json,
+        )?,
+        Cmd::OffloadWrite {
+            token,
+            dest,
+            offset,
+            token_offset,
+            length,
+            delete_token,
+        } => offload::offload_write(
+            &mut client,
+            &offload::WriteArgs {
+                token: token.clone(),
+                dest: dest.clone(),
+                offset: *offset,
+                token_offset: *token_offset,
+                length: *length,
+                delete_token: *delete_token,
+            },
+            cli.json,
+        )?,
+        Cmd::Copy { src, dst, fallback } => {
+            offload::copy(&mut client, src, dst, *fallback, cli.json)?
+        }
+        Cmd::Token { cmd } => match cmd {
+            TokenCmd::List => offload::list(&mut client, cli.json)?,
+            TokenCmd::Revoke { token } => offload::revoke(&mut client, token, cli.json)?,
+            TokenCmd::Limits => offload::limits(&mut client, cli.json)?,
+            TokenCmd::Inspect { .. } => {}
+        },
     }
     Ok(0)
 }

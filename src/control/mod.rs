@@ -18,6 +18,7 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::token::engine::{ReadRequest, WriteRequest};
 use crate::volume::manager::FormatChoice;
 
 /// Frames larger than this are refused (a token file of 4096 subtokens is
@@ -59,6 +60,39 @@ pub enum Request {
         #[serde(default)]
         repair: bool,
     },
+    OffloadRead(ReadRequest),
+    OffloadWrite(WriteRequest),
+    TokenList,
+    TokenStatus {
+        token: String,
+    },
+    TokenRevoke {
+        token: String,
+    },
+    TokenLimits,
+}
+
+impl Request {
+    /// The operation's name, for logs: requests carry tokens, which must
+    /// never be logged, so the request itself is never formatted.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::Attach { .. } => "attach",
+            Request::Volumes => "volumes",
+            Request::Status { .. } => "status",
+            Request::Detach { .. } => "detach",
+            Request::Create { .. } => "create",
+            Request::Destroy { .. } => "destroy",
+            Request::Fsck { .. } => "fsck",
+            Request::OffloadRead(_) => "offload-read",
+            Request::OffloadWrite(_) => "offload-write",
+            Request::TokenList => "token-list",
+            Request::TokenStatus { .. } => "token-status",
+            Request::TokenRevoke { .. } => "token-revoke",
+            Request::TokenLimits => "token-limits",
+        }
+    }
 }
 
 /// Frames from the daemon.

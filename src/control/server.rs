@@ -110,11 +110,7 @@ fn serve_conn(stream: UnixStream, handler: &dyn Handler) {
         };
         let reply = match serde_json::from_slice::<Request>(&body) {
             Ok(req) => {
-                let op = format!("{req:?}")
-                    .split([' ', '{'])
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
+                let op = req.name();
                 tracing::debug!(uid = caller.uid, pid = caller.pid, "control request {op}");
                 // Progress is best effort: a client that stopped listening
                 // does not stop the work.

@@ -23,6 +23,7 @@ use crate::fs::Core;
 use crate::fuse::FuseFs;
 use crate::store::catalog::Catalog;
 use crate::store::chunks::ChunkStore;
+use crate::token::engine::Offload;
 use crate::volume::manager::Manager;
 use crate::volume::native::file::Env;
 use crate::volume::native::sealer::{Budget, Sealer};
@@ -295,17 +296,25 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
         store,
         sealer: Sealer::new(opts.config.native.seal_threads),
         budget: Budget::new(opts.config.native.dirty_limit_mb << 20),
+        watch: Default::default(),
     });
     let core = Arc::new(Core::new());
     let manager = Arc::new(Manager::new(
         core.clone(),
-        env,
+        env.clone(),
         opts.state_dir.join("cache"),
         Duration::from_secs(opts.config.mount.archive_ttl_secs),
         Duration::from_secs(opts.config.native.ttl_secs),
     ));
     let (ok, missing) = manager.load_all().map_err(failed)?;
     tracing::info!("{ok} volumes reloaded from the catalog, {missing} missing");
+    let offload = Offload::new(
+        core.clone(),
+        env,
+        config::socket_path(&opts.state_dir).display().to_string(),
+        opts.mountpoint.clone(),
+    )
+    .map_err(failed)?;
 
     let socket = crate::control::server::Server::bind(&config::socket_path(&opts.state_dir))
         .map_err(failed)?;
@@ -345,6 +354,13 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
     manager.set_invalidator(Box::new(move |parent, name| {
         let _ = notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::from_bytes(name));
     }));
+    let notifier = session.notifier();
+    offload.set_invalidator(Box::new(move |ino| {
+        // Offload writes change files behind the kernel's back: drop its
+        // cached pages and attributes of the destination.
+        let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+    }));
+    offload.start_sweeper();
 
     let (tx, rx) = mpsc::channel::<Event>();
     let session_tx = tx.clone();
@@ -366,7 +382,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
         })
         .map_err(|e| failed(Error::io("starting the signal thread", e)))?;
 
-    let service = Arc::new(Service::new(manager.clone(), opts));
+    let service = Arc::new(Service::new(manager.clone(), offload.clone(), opts));
     let _control = socket.serve(service);
     set_read_ahead(&opts.mountpoint, opts.config.mount.read_ahead_kb);
     tracing::info!(

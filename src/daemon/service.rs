@@ -12,11 +12,13 @@ use crate::control::{DaemonStatus, Request};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::perm::Caller;
 use crate::fs::types::Timespec;
+use crate::token::engine::Offload;
 use crate::util;
 use crate::volume::manager::Manager;
 
 pub struct Service {
     manager: Arc<Manager>,
+    offload: Arc<Offload>,
     mountpoint: String,
     state_dir: String,
     started: Instant,
@@ -29,9 +31,10 @@ fn json(v: impl Serialize) -> Result<serde_json::Value> {
 }
 
 impl Service {
-    pub fn new(manager: Arc<Manager>, opts: &MountOptions) -> Self {
+    pub fn new(manager: Arc<Manager>, offload: Arc<Offload>, opts: &MountOptions) -> Self {
         Service {
             manager,
+            offload,
             mountpoint: opts.mountpoint.display().to_string(),
             state_dir: opts.state_dir.display().to_string(),
             started: Instant::now(),
@@ -110,6 +113,12 @@ impl Handler for Service {
             Request::Fsck { volume, repair } => {
                 json(self.manager.fsck(volume.as_deref(), repair, caller)?)
             }
+            Request::OffloadRead(r) => json(self.offload.read(&r, caller)?),
+            Request::OffloadWrite(r) => json(self.offload.write(&r, caller)?),
+            Request::TokenList => json(self.offload.list(caller)?),
+            Request::TokenStatus { token } => json(self.offload.status(&token)?),
+            Request::TokenRevoke { token } => json(self.offload.revoke(&token)?),
+            Request::TokenLimits => json(self.offload.limits()),
         }
     }
 }

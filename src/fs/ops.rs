@@ -55,6 +55,42 @@ pub trait OpenFile: Send + Sync {
 
     /// The local inode this handle refers to.
     fn ino(&self) -> u64;
+
+    /// The file's current size.
+    fn size(&self) -> Result<u64>;
+
+    /// For the offload engine: the chunk stored at chunk-aligned `offset`,
+    /// if this file keeps its data in shareable chunks (`None` otherwise or
+    /// when `offset` is not chunk-aligned). Pending writes are committed
+    /// first, so the answer describes every write made before the call.
+    fn extent_at(&self, _offset: u64) -> Result<Option<Shared>> {
+        Ok(None)
+    }
+
+    /// For the offload engine: makes the chunk at chunk-aligned `offset`
+    /// refer to `ext` without copying data. `Ok(false)` if this file cannot
+    /// share chunks; the caller then copies the bytes.
+    fn share(&self, _offset: u64, _ext: Shared) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Zeroes `[offset, offset + len)`, extending the file if needed.
+    fn zero_range(&self, _offset: u64, _len: u64) -> Result<()> {
+        err(ErrorKind::ReadOnly)
+    }
+
+    /// Lets the offload engine reach kind-specific state (downcasting).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// A chunk as the offload engine moves it between files: its hash (`None`
+/// for a hole of zeros), its length, and a pin that keeps it from being
+/// collected until the destination has committed its reference.
+#[derive(Debug)]
+pub struct Shared {
+    pub hash: Option<crate::store::treehash::Hash>,
+    pub len: u32,
+    pub pin: Option<crate::store::chunks::Pin>,
 }
 
 /// The operations of one volume.

@@ -118,12 +118,56 @@ pub const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL,
         PRIMARY KEY (ino, name)
     ) WITHOUT ROWID;
-    CREATE TABLE treehashes (
+        CREATE TABLE treehashes (
         slot INTEGER NOT NULL,
         ino  INTEGER NOT NULL,
         hash TEXT NOT NULL,
         PRIMARY KEY (slot, ino)
     ) WITHOUT ROWID;
+    "#,
+    // 3: offload tokens. The key R is never stored: tokens are found by the
+    // SHA-256 of R and checked against the SHA-256 of the whole token, so a
+    // copy of the catalog cannot be used to forge or redeem a token. A
+    // persistent token's snapshot holds chunk references (trigger-counted
+    // like extents), so the data it represents outlives later writes.
+    r#"
+    CREATE TABLE tokens (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        key_hash        BLOB NOT NULL UNIQUE,
+        token_hash      BLOB NOT NULL,
+        grp             INTEGER NOT NULL,
+        rod_type        INTEGER NOT NULL,
+        created_ns      INTEGER NOT NULL,
+        expires_ns      INTEGER NOT NULL,
+        inactivity_secs INTEGER NOT NULL,
+        last_used_ns    INTEGER NOT NULL,
+        state           TEXT NOT NULL,
+        reason          TEXT,
+        slot            INTEGER NOT NULL,
+        ino             INTEGER NOT NULL,
+        generation      INTEGER NOT NULL,
+        source_size     INTEGER NOT NULL,
+        length          INTEGER NOT NULL,
+        ranges          BLOB NOT NULL,
+        medium_sample   TEXT,
+        uid             INTEGER NOT NULL,
+        path            TEXT NOT NULL
+    );
+    CREATE INDEX tokens_state ON tokens(state, expires_ns);
+    CREATE TABLE token_chunks (
+        token INTEGER NOT NULL,
+        idx   INTEGER NOT NULL,
+        hash  BLOB NOT NULL,
+        len   INTEGER NOT NULL,
+        PRIMARY KEY (token, idx)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER token_chunks_ref AFTER INSERT ON token_chunks BEGIN
+        INSERT INTO chunks (hash, len, refs) VALUES (NEW.hash, NEW.len, 1)
+        ON CONFLICT (hash) DO UPDATE SET refs = refs + 1;
+    END;
+    CREATE TRIGGER token_chunks_unref AFTER DELETE ON token_chunks BEGIN
+        UPDATE chunks SET refs = refs - 1 WHERE hash = OLD.hash;
+    END;
     "#,
 ];
 

@@ -104,6 +104,12 @@ impl Pin {
     }
 }
 
+impl std::fmt::Debug for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pin({})", &hex(&self.hash)[..16])
+    }
+}
+
 impl Drop for Pin {
     fn drop(&mut self) {
         let mut pins = self.store.pins.lock();

@@ -281,7 +281,7 @@ pub(crate) fn sample(ranges: usize) -> Token {
         length: (0..ranges as u64).map(|i| 512 * (i + 1)).sum(),
         ranges: (0..ranges as u64)
             .map(|i| Range {
-                offset: i * 1 << 20,
+                offset: i << 20,
                 length: 512 * (i + 1),
             })
             .collect(),

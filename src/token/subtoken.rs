@@ -322,6 +322,18 @@ pub fn recombine(file: &[u8], provider: &[u8; P_LEN]) -> Result<Recombined> {
     })
 }
 
+/// Recombines without knowing the provider (for `tokenctl token inspect`,
+/// which may run where no daemon is reachable): the provider of the first
+/// subtoken is taken, and every other check still applies.
+pub fn recombine_any(file: &[u8]) -> Result<Recombined> {
+    if file.len() >= SUBTOKEN && !zero_token(&file[..SUBTOKEN]).unwrap_or(true) {
+        let mut p = [0u8; P_LEN];
+        p.copy_from_slice(&file[14..22]);
+        return recombine(file, &p);
+    }
+    recombine(file, &[0; P_LEN])
+}
+
 /// The ODX zero token.
 pub fn zero() -> [u8; SUBTOKEN] {
     let mut z = [0u8; SUBTOKEN];

@@ -373,6 +373,14 @@ impl OpenFile for ArchiveFile {
     fn ino(&self) -> u64 {
         ino_of(self.node)
     }
+
+    fn size(&self) -> Result<u64> {
+        Ok(self.inner.index.nodes[self.node as usize].size)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 impl VolumeFs for ArchiveVolume {

@@ -30,6 +30,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use super::meta::{self, Ext};
 use super::sealer::{Budget, Sealer};
 use crate::error::{Error, ErrorKind, Result, err};
+use crate::fs::ops::Shared;
 use crate::fs::types::Timespec;
 use crate::store::buf::ChunkBuf;
 use crate::store::catalog::Catalog;
@@ -48,6 +49,34 @@ pub struct Env {
     pub store: Arc<ChunkStore>,
     pub sealer: Arc<Sealer>,
     pub budget: Arc<Budget>,
+    pub watch: Watch,
+}
+
+/// Tells the offload engine about changes to files that change-vulnerable
+/// tokens watch. Costs one atomic load per change while no token watches.
+#[derive(Default)]
+pub struct Watch {
+    /// Number of watched inodes; 0 skips the hook entirely.
+    pub active: std::sync::atomic::AtomicUsize,
+    #[allow(clippy::type_complexity)]
+    hook: parking_lot::RwLock<Option<Box<dyn Fn(i64, u64, u64) + Send + Sync>>>,
+}
+
+impl Watch {
+    /// Installs the hook, called with (inode row, offset, length) of every
+    /// change while `active` is non-zero. It must not lock inode state.
+    pub fn set_hook(&self, f: Box<dyn Fn(i64, u64, u64) + Send + Sync>) {
+        *self.hook.write() = Some(f);
+    }
+
+    pub fn changed(&self, ino: i64, off: u64, len: u64) {
+        if self.active.load(std::sync::atomic::Ordering::Acquire) == 0 || len == 0 {
+            return;
+        }
+        if let Some(h) = &*self.hook.read() {
+            h(ino, off, len);
+        }
+    }
 }
 
 /// The open state of one inode.
@@ -367,6 +396,7 @@ impl Files {
             st.ctime = t;
             st.times_dirty = true;
         }
+        self.env.watch.changed(node.ino, off, data.len() as u64);
         self.relieve(node);
         Ok(data.len() as u32)
     }
@@ -538,6 +568,11 @@ impl Files {
             self.rollback(node, &mut st)?;
             return Err(e);
         }
+        let (lo, hi) = (st.size.min(size), st.size.max(size));
+        if size < st.size {
+            // Shrinking changes the bytes past the new end.
+            self.env.watch.changed(node.ino, lo, hi - lo);
+        }
         st.size = size;
         let t = now();
         st.mtime = t;
@@ -573,6 +608,7 @@ impl Files {
             return Err(e);
         }
         if zeroing {
+            self.env.watch.changed(node.ino, off, len);
             let zend = end.min(st.size);
             let mut pos = off;
             while pos < zend {
@@ -642,6 +678,87 @@ impl Files {
             return Ok(treehash::sha256(b""));
         }
         Ok(treehash::root(&leaves))
+    }
+
+    /// The committed chunk at chunk-aligned `off`, pinned, after committing
+    /// pending writes. `None` past the end or off a chunk boundary.
+    pub fn extent_at(&self, node: &Arc<Inode>, off: u64) -> Result<Option<Shared>> {
+        if !off.is_multiple_of(LEAF64) {
+            return Ok(None);
+        }
+        self.flush(node)?;
+        let st = node.st.lock();
+        if off >= st.size {
+            return Ok(None);
+        }
+        let idx = off / LEAF64;
+        let len = chunk_len(st.size, idx) as u32;
+        // Pinned under the state lock: no commit can drop the reference
+        // between here and the destination's commit.
+        Ok(Some(match st.extents.get(&idx) {
+            Some(e) => Shared {
+                hash: Some(e.hash),
+                len: e.len,
+                pin: Some(self.store().pin(e.hash)),
+            },
+            None => Shared {
+                hash: None,
+                len,
+                pin: None,
+            },
+        }))
+    }
+
+    /// Makes chunk `off / 1 MiB` refer to `ext` (no data is copied). The
+    /// chunk is replaced whole, so a chunk shorter than 1 MiB may only be
+    /// shared as the file's last. Committed by the next flush.
+    pub fn share(&self, node: &Arc<Inode>, off: u64, ext: Shared) -> Result<()> {
+        let len = u64::from(ext.len);
+        if !off.is_multiple_of(LEAF64) || len == 0 || len > LEAF64 {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "shared chunks must be chunk-aligned",
+            ));
+        }
+        let idx = off / LEAF64;
+        let mut st = node.st.lock();
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        while st.sealing.contains_key(&idx) {
+            node.cv.wait(&mut st);
+        }
+        if len < LEAF64 && st.size > off + len {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "a short chunk can only be shared at the end of the file",
+            ));
+        }
+        if st.dirty.remove(&idx).is_some() {
+            self.env.budget.sub(LEAF64);
+        }
+        match ext.hash {
+            Some(hash) => {
+                st.extents.insert(idx, Ext { hash, len: ext.len });
+                if let Some(pin) = ext.pin {
+                    st.pins.push(pin);
+                } else {
+                    st.pins.push(self.store().pin(hash));
+                }
+            }
+            None => {
+                st.extents.remove(&idx);
+            }
+        }
+        st.changed.insert(idx);
+        st.size = st.size.max(off + len);
+        let t = now();
+        st.mtime = t;
+        st.ctime = t;
+        st.times_dirty = true;
+        drop(st);
+        self.env.watch.changed(node.ino, off, len);
+        Ok(())
     }
 
     /// Forgets buffered data of an inode that is going away (last user

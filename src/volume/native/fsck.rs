@@ -235,7 +235,10 @@ fn check_store(env: &Env, repair: bool, rep: &mut Report) -> Result<()> {
     let rows: Vec<(Hash, i64, i64)> = {
         let conn = env.catalog.conn();
         let mut st = conn.prepare(
-            "SELECT c.hash, c.refs, (SELECT count(*) FROM extents e WHERE e.hash = c.hash) FROM chunks c",
+            "SELECT c.hash, c.refs,
+                    (SELECT count(*) FROM extents e WHERE e.hash = c.hash)
+                  + (SELECT count(*) FROM token_chunks t WHERE t.hash = c.hash)
+             FROM chunks c",
         )?;
         let rows = st.query_map([], |r| {
             let h: Vec<u8> = r.get(0)?;

@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use self::file::{Env, Files, Inode};
 use self::meta::Row;
 use crate::error::{Error, ErrorKind, Result, err};
-use crate::fs::ops::{DirEntry, OpenFile, VOLUME_ROOT, VolumeFs};
+use crate::fs::ops::{DirEntry, OpenFile, Shared, VOLUME_ROOT, VolumeFs};
 use crate::fs::types::{
     Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, StatFs, TimeSet, Timespec,
 };
@@ -271,7 +271,7 @@ impl Inner {
 }
 
 /// An open native file.
-struct NativeFile {
+pub struct NativeFile {
     vol: Arc<Inner>,
     node: Arc<Inode>,
     local: u64,
@@ -314,6 +314,50 @@ impl OpenFile for NativeFile {
 
     fn ino(&self) -> u64 {
         self.local
+    }
+
+    fn size(&self) -> Result<u64> {
+        Ok(self.node.st.lock().size)
+    }
+
+    fn extent_at(&self, offset: u64) -> Result<Option<Shared>> {
+        self.vol.files.extent_at(&self.node, offset)
+    }
+
+    fn share(&self, offset: u64, ext: Shared) -> Result<bool> {
+        if !self.writable {
+            return err(ErrorKind::Invalid);
+        }
+        self.vol.files.share(&self.node, offset, ext)?;
+        Ok(true)
+    }
+
+    fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
+        if !self.writable {
+            return err(ErrorKind::Invalid);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        self.vol
+            .files
+            .fallocate(&self.node, offset, len, libc::FALLOC_FL_ZERO_RANGE)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl NativeFile {
+    /// The inode row (catalog key) of this file, for token snapshots.
+    pub fn row(&self) -> i64 {
+        self.node.ino
+    }
+
+    /// The volume's slot.
+    pub fn slot(&self) -> u32 {
+        self.vol.files.slot
     }
 }
 
