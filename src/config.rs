@@ -19,7 +19,16 @@ pub const DEFAULT_TOML: &str = include_str!("default-config.toml");
 pub struct Config {
     pub mount: MountConfig,
     pub native: NativeConfig,
+    pub tokens: TokenConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub default_ttl_secs: u64,
+    pub max_ttl_secs: u64,
+    pub inactivity_secs: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -98,6 +107,13 @@ impl Config {
         }
         if self.native.seal_threads == 0 || self.native.seal_threads > 64 {
             return Err("native.seal_threads must be between 1 and 64".into());
+        }
+        let t = &self.tokens;
+        if t.default_ttl_secs == 0 || t.default_ttl_secs > t.max_ttl_secs || t.inactivity_secs == 0
+        {
+            return Err(
+                "tokens: need 0 < default_ttl_secs <= max_ttl_secs and inactivity_secs > 0".into(),
+            );
         }
         if self.native.dirty_limit_mb < 4 {
             return Err("native.dirty_limit_mb must be at least 4".into());

@@ -313,6 +313,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
         env,
         config::socket_path(&opts.state_dir).display().to_string(),
         opts.mountpoint.clone(),
+        &opts.config.tokens,
     )
     .map_err(failed)?;
 

@@ -221,6 +221,15 @@ impl Core {
         r.by_slot.get(slot).cloned()
     }
 
+    /// The volume an inode belongs to: a volume's own inodes and its
+    /// `/media/<id>` file.
+    pub fn volume_of(&self, ino: u64) -> Option<Arc<Mounted>> {
+        match decode(ino)? {
+            Ino::Vol(slot, _) | Ino::MediaFile(slot) => self.by_slot(slot),
+            _ => None,
+        }
+    }
+
     pub fn by_slot(&self, slot: u32) -> Option<Arc<Mounted>> {
         self.registry.read().by_slot.get(&slot).cloned()
     }

@@ -30,7 +30,7 @@ use crate::fs::copy::{self, Live, Source};
 use crate::fs::ops::{OpenFile, Shared};
 use crate::fs::perm::{self, Caller};
 use crate::fs::types::{Ctx, FileKind, OpenFlags, Timespec};
-use crate::fs::{Core, ROOT_INO, global_ino};
+use crate::fs::{Core, ROOT_INO};
 use crate::store::catalog::Catalog;
 use crate::store::chunks::ChunkStore;
 use crate::store::treehash::{Hash, LEAF};
@@ -253,6 +253,7 @@ impl Offload {
         env: Arc<Env>,
         address: String,
         mountpoint: PathBuf,
+        lifetimes: &crate::config::TokenConfig,
     ) -> Result<Arc<Self>> {
         let catalog = env.catalog.clone();
         let provider = match catalog.setting("provider_id")? {
@@ -274,7 +275,12 @@ impl Offload {
             provider,
             address,
             mountpoint,
-            limits: Limits::default(),
+            limits: Limits {
+                maximum_token_lifetime_secs: lifetimes.max_ttl_secs,
+                default_token_lifetime_secs: lifetimes.default_ttl_secs,
+                default_inactivity_timeout_secs: lifetimes.inactivity_secs,
+                ..Limits::default()
+            },
             watches: Mutex::new(HashMap::new()),
             env: env.clone(),
             invalidate: parking_lot::RwLock::new(None),
@@ -287,7 +293,7 @@ impl Offload {
         }));
         me.expire_due()?;
         for row in store::watched(&me.catalog, ROD_CHANGE_VULNERABLE)? {
-            if let Some(src) = me.native_row_of(row.slot, row.ino) {
+            if let Some(src) = me.native_row_of(row.ino) {
                 me.watch(src, row.id, row.ranges.clone());
             }
         }
@@ -379,15 +385,12 @@ impl Offload {
         }
     }
 
-    fn native_row_of(&self, slot: u32, local: u64) -> Option<i64> {
-        let m = self.core.by_slot(slot)?;
+    /// The catalog row of a native file, by its global inode number.
+    fn native_row_of(&self, ino: u64) -> Option<i64> {
+        let m = self.core.volume_of(ino)?;
         let fh = self
             .core
-            .open(
-                global_ino(slot, local),
-                OpenFlags(libc::O_RDONLY),
-                &Ctx::ROOT,
-            )
+            .open(ino, OpenFlags(libc::O_RDONLY), &Ctx::ROOT)
             .ok()?;
         let row = self.core.handle(fh.0).ok().and_then(|h| {
             h.file
@@ -546,13 +549,13 @@ impl Offload {
             Rod::ChangeVulnerable => ROD_CHANGE_VULNERABLE,
         };
         let ino = self.resolve(&req.path, caller, perm::R)?;
-        let slot = (ino >> 40) as u32;
-        let vol = self.core.by_slot(slot).ok_or_else(|| {
+        let vol = self.core.volume_of(ino).ok_or_else(|| {
             Error::new(
                 ErrorKind::Invalid,
                 format!("{}: not a volume file", req.path),
             )
         })?;
+        let slot = vol.slot;
         let vol_id = vol.info.read().id.clone();
         self.with_open(ino, libc::O_RDONLY, caller, |file| {
             // Commit pending writes so the token describes them.
@@ -604,7 +607,7 @@ impl Offload {
                 key,
                 address: self.address.clone(),
                 volume: vol_id.clone(),
-                inode: ino & ((1 << 40) - 1),
+                inode: ino,
                 generation: 0,
                 snapshot: 0,
                 length: total,
@@ -846,12 +849,12 @@ impl Offload {
         dst: &dyn OpenFile,
         doff: u64,
     ) -> Result<copy::Moved> {
-        let live_ino = global_ino(row.slot, row.ino);
+        let live_ino = row.ino;
         let snap;
         let handle;
         let live;
         let mut live_fh = None;
-        let src: &dyn Source = if row.rod_type == ROD_PERSISTENT && !self.is_archive(row.slot) {
+        let src: &dyn Source = if row.rod_type == ROD_PERSISTENT && row.medium_sample.is_none() {
             snap = Snapshot {
                 store: self.store.clone(),
                 chunks: store::snapshot(&self.catalog, row.id)?,
@@ -931,13 +934,6 @@ impl Offload {
         }
         r?;
         Ok(moved)
-    }
-
-    fn is_archive(&self, slot: u32) -> bool {
-        self.core
-            .by_slot(slot)
-            .map(|m| m.info.read().kind != "native")
-            .unwrap_or(false)
     }
 
     fn invalidate(&self, ino: u64) {

@@ -543,10 +543,23 @@ impl Files {
             self.rollback(node, st)?;
             return Err(e);
         }
+        // Chunks sealed more than once before this commit (a short chunk
+        // padded after the file grew, a partial chunk sealed early and then
+        // written again) were superseded: their files are referenced by
+        // nothing and go now.
+        let committed: std::collections::HashSet<Hash> = st
+            .changed
+            .iter()
+            .filter_map(|i| st.extents.get(i).map(|e| e.hash))
+            .collect();
+        let (keep, stale): (Vec<Pin>, Vec<Pin>) = std::mem::take(&mut st.pins)
+            .into_iter()
+            .partition(|p| committed.contains(p.hash()));
         st.changed.clear();
-        st.pins.clear();
         st.committed_size = st.size;
         st.times_dirty = false;
+        drop(keep);
+        self.discard(stale);
         collect(&self.env);
         Ok(())
     }
