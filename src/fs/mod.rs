@@ -537,6 +537,26 @@ impl Core {
         }
     }
 
+    /// `opendir`: checks it is a directory and lets the volume count it.
+    pub fn opendir(&self, ino: u64) -> Result<()> {
+        let (a, _) = self.getattr(ino)?;
+        if a.kind != FileKind::Dir {
+            return err(ErrorKind::NotDir);
+        }
+        if let Some(Ino::Vol(slot, local)) = decode(ino) {
+            self.vol(slot)?.fs.opendir(local)?;
+        }
+        Ok(())
+    }
+
+    pub fn releasedir(&self, ino: u64) {
+        if let Some(Ino::Vol(slot, local)) = decode(ino)
+            && let Ok(m) = self.vol(slot)
+        {
+            m.fs.releasedir(local);
+        }
+    }
+
     pub fn read(&self, fh: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
         self.handle(fh)?.file.read(offset, size, out)
     }

@@ -116,6 +116,14 @@ pub trait VolumeFs: Send + Sync {
 
     fn readlink(&self, ino: u64) -> Result<Vec<u8>>;
 
+    /// A directory was opened; volumes that can remove directories keep an
+    /// open one usable after it is removed, as POSIX requires.
+    fn opendir(&self, ino: u64) -> Result<()> {
+        self.getattr(ino).map(|_| ())
+    }
+
+    fn releasedir(&self, _ino: u64) {}
+
     fn open(&self, ino: u64, flags: OpenFlags, ctx: &Ctx) -> Result<Arc<dyn OpenFile>>;
 
     fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {

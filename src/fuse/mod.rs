@@ -394,11 +394,8 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
-        match self.core.getattr(ino.0) {
-            Ok((a, _)) if a.kind == FileKind::Dir => {
-                reply.opened(FileHandle(0), FopenFlags::empty())
-            }
-            Ok(_) => reply.error(Errno::ENOTDIR),
+        match self.core.opendir(ino.0) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -453,11 +450,12 @@ impl Filesystem for FuseFs {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: FuseOpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.core.releasedir(ino.0);
         reply.ok();
     }
 

@@ -196,7 +196,7 @@ impl Token {
         let alen = r.u16()? as usize;
         let address = String::from_utf8(r.take(alen)?.to_vec())
             .map_err(|_| corrupt("provider address is not UTF-8"))?;
-                let vol = r.take(20)?;
+        let vol = r.take(20)?;
         let name_len = vol.iter().position(|&c| c == 0).unwrap_or(vol.len());
         if vol[name_len..].iter().any(|&c| c != 0) {
             return Err(corrupt("volume ID field has bytes after its end"));

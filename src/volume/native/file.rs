@@ -648,7 +648,8 @@ impl Files {
             st.size = end;
         }
         let t = now();
-        st.mtime = if zeroing { t } else { st.mtime };
+        // Linux filesystems stamp both times on every successful fallocate.
+        st.mtime = t;
         st.ctime = t;
         st.times_dirty = true;
         self.commit(node, &mut st)

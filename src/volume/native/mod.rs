@@ -59,6 +59,9 @@ struct Inner {
     files: Files,
     root: i64,
     open: Mutex<HashMap<i64, Arc<Inode>>>,
+    /// Directories with open descriptors (row → count). A removed one keeps
+    /// its row, with no links, until the last descriptor is closed.
+    open_dirs: Mutex<HashMap<i64, u32>>,
 }
 
 /// A native volume.
@@ -232,6 +235,7 @@ impl Inner {
         tx: &rusqlite::Connection,
         child: &mut Row,
         open: &HashMap<i64, Arc<Inode>>,
+        open_dirs: &HashMap<i64, u32>,
     ) -> Result<()> {
         let t = now();
         child.nlink = if child.is_dir() {
@@ -243,6 +247,9 @@ impl Inner {
         if child.nlink == 0 {
             if let Some(node) = open.get(&child.ino) {
                 node.unlinked.store(true, Ordering::Release);
+                meta::update(tx, child)?;
+            } else if open_dirs.contains_key(&child.ino) {
+                // Open directories stay usable (fstat, fchmod) until closed.
                 meta::update(tx, child)?;
             } else {
                 meta::delete(tx, child.ino)?;
@@ -372,6 +379,7 @@ impl NativeVolume {
                 },
                 root,
                 open: Mutex::new(HashMap::new()),
+                open_dirs: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -410,8 +418,9 @@ impl NativeVolume {
 
     fn open_file(&self, row: i64, flags: OpenFlags) -> Result<Arc<dyn OpenFile>> {
         let node = self.inner.acquire(row)?;
+        // O_TRUNC truncates even with O_RDONLY, as on Linux's own
+        // filesystems (the kernel has checked write permission).
         if flags.truncate()
-            && flags.writable()
             && let Err(e) = self.inner.files.truncate(&node, 0)
         {
             let _ = self.inner.release(&node);
@@ -506,6 +515,42 @@ impl VolumeFs for NativeVolume {
             .get(&self.inner.env().catalog.conn(), self.inner.row_of(ino))?;
         row.target
             .ok_or_else(|| Error::kind_only(ErrorKind::Invalid))
+    }
+
+    fn opendir(&self, ino: u64) -> Result<()> {
+        let r = self.inner.row_of(ino);
+        // Catalog first, released before the map (lock order: open maps,
+        // then the catalog).
+        let row = self.inner.get(&self.inner.env().catalog.conn(), r)?;
+        if !row.is_dir() {
+            return err(ErrorKind::NotDir);
+        }
+        *self.inner.open_dirs.lock().entry(r).or_default() += 1;
+        Ok(())
+    }
+
+    fn releasedir(&self, ino: u64) {
+        let r = self.inner.row_of(ino);
+        {
+            let mut dirs = self.inner.open_dirs.lock();
+            match dirs.get_mut(&r) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    return;
+                }
+                Some(_) => {
+                    dirs.remove(&r);
+                }
+                None => return,
+            }
+        }
+        // The last descriptor of a removed directory: now it can go.
+        let conn = self.inner.env().catalog.conn();
+        if let Ok(row) = self.inner.get(&conn, r)
+            && row.nlink == 0
+        {
+            let _ = meta::delete(&conn, r);
+        }
     }
 
     fn open(&self, ino: u64, flags: OpenFlags, _ctx: &Ctx) -> Result<Arc<dyn OpenFile>> {
@@ -627,6 +672,7 @@ impl VolumeFs for NativeVolume {
     fn unlink(&self, parent: u64, name: &[u8], _ctx: &Ctx) -> Result<()> {
         let p = self.inner.row_of(parent);
         let open = self.inner.open.lock();
+        let dirs = self.inner.open_dirs.lock();
         {
             let mut conn = self.inner.env().catalog.conn();
             let tx = conn.transaction()?;
@@ -637,10 +683,11 @@ impl VolumeFs for NativeVolume {
                 return err(ErrorKind::IsDir);
             }
             meta::unlink(&tx, p, name)?;
-            self.inner.drop_link(&tx, &mut row, &open)?;
+            self.inner.drop_link(&tx, &mut row, &open, &dirs)?;
             meta::touch_dir(&tx, p, now(), 0)?;
             tx.commit()?;
         }
+        drop(dirs);
         drop(open);
         file::collect(self.inner.env());
         Ok(())
@@ -648,6 +695,7 @@ impl VolumeFs for NativeVolume {
 
     fn rmdir(&self, parent: u64, name: &[u8], _ctx: &Ctx) -> Result<()> {
         let p = self.inner.row_of(parent);
+        let dirs = self.inner.open_dirs.lock();
         let mut conn = self.inner.env().catalog.conn();
         let tx = conn.transaction()?;
         let child =
@@ -660,7 +708,9 @@ impl VolumeFs for NativeVolume {
             return err(ErrorKind::NotEmpty);
         }
         meta::unlink(&tx, p, name)?;
-        meta::delete(&tx, child)?;
+        let mut row = row;
+        self.inner
+            .drop_link(&tx, &mut row, &HashMap::new(), &dirs)?;
         meta::touch_dir(&tx, p, now(), -1)?;
         tx.commit()?;
         Ok(())
@@ -684,6 +734,7 @@ impl VolumeFs for NativeVolume {
         }
         let (p, np) = (self.inner.row_of(parent), self.inner.row_of(newparent));
         let open = self.inner.open.lock();
+        let dirs = self.inner.open_dirs.lock();
         {
             let mut conn = self.inner.env().catalog.conn();
             let tx = conn.transaction()?;
@@ -743,7 +794,7 @@ impl VolumeFs for NativeVolume {
                 if drow.is_dir() {
                     meta::touch_dir(&tx, np, t, -1)?;
                 }
-                self.inner.drop_link(&tx, &mut drow, &open)?;
+                self.inner.drop_link(&tx, &mut drow, &open, &dirs)?;
             }
             meta::unlink(&tx, p, name)?;
             meta::link(&tx, np, newname, src)?;
@@ -754,6 +805,7 @@ impl VolumeFs for NativeVolume {
             meta::update(&tx, &srow)?;
             tx.commit()?;
         }
+        drop(dirs);
         drop(open);
         file::collect(self.inner.env());
         Ok(())
@@ -814,11 +866,14 @@ impl VolumeFs for NativeVolume {
             tx.commit()?;
             row
         };
-        // An open file commits its own times at the next flush; make sure
-        // those are the ones just set.
+        // An open file commits its own times at the next flush. Pass on
+        // what this call set; an mtime it did not set stays the pending
+        // write's, which is newer than the catalog's.
         if let Some(node) = self.inner.open.lock().get(&r).cloned() {
             let mut st = node.st.lock();
-            st.mtime = row.mtime;
+            if set.mtime.is_some() {
+                st.mtime = row.mtime;
+            }
             st.ctime = row.ctime;
         }
         Ok(self.inner.attr(&row, None))
