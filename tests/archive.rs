@@ -140,6 +140,18 @@ fn make_tree(root: &Path, o: &TreeOpts) {
     }
 }
 
+impl TreeOpts {
+    /// Files, directories and symlinks only.
+    fn plain() -> Self {
+        TreeOpts {
+            long_names: false,
+            non_utf8: false,
+            hardlinks: false,
+            sparse: false,
+        }
+    }
+}
+
 fn all_opts() -> TreeOpts {
     TreeOpts {
         long_names: true,
@@ -549,17 +561,7 @@ with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as t:
 #[test]
 fn everything_is_read_only() {
     let d = Daemon::start();
-    let (archive, _) = tar_fixture(
-        &d,
-        "gnu",
-        &[],
-        &TreeOpts {
-            long_names: false,
-            non_utf8: false,
-            hardlinks: false,
-            sparse: false,
-        },
-    );
+    let (archive, _) = tar_fixture(&d, "gnu", &[], &TreeOpts::plain());
     let id = d.attach(&archive);
     let v = d.vol(&id);
     let script = r##"
@@ -596,17 +598,7 @@ print("ok")
 #[test]
 fn layout_names_xattrs_and_statfs() {
     let d = Daemon::start();
-    let (archive, _) = tar_fixture(
-        &d,
-        "gnu",
-        &[],
-        &TreeOpts {
-            long_names: false,
-            non_utf8: false,
-            hardlinks: false,
-            sparse: false,
-        },
-    );
+    let (archive, _) = tar_fixture(&d, "gnu", &[], &TreeOpts::plain());
     let id = d
         .ok(&["attach", archive.to_str().unwrap(), "--name", "photos"])
         .trim()
@@ -691,17 +683,7 @@ fn same_medium_same_id_and_index_survives_restart() {
 #[test]
 fn detach_refuses_with_open_files_unless_forced() {
     let d = Daemon::start();
-    let (archive, _) = tar_fixture(
-        &d,
-        "gnu",
-        &[],
-        &TreeOpts {
-            long_names: false,
-            non_utf8: false,
-            hardlinks: false,
-            sparse: false,
-        },
-    );
+    let (archive, _) = tar_fixture(&d, "gnu", &[], &TreeOpts::plain());
     let id = d.attach(&archive);
     let f = std::fs::File::open(d.vol(&id).join("a/b/4k")).unwrap();
     let o = d.tokenctl(&["detach", &id]);
@@ -775,17 +757,7 @@ fn unreadable_medium_is_refused_for_other_users() {
     let d = Daemon::start();
     // Let another user reach the socket (the temp dir is private).
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let (archive, _) = tar_fixture(
-        &d,
-        "gnu",
-        &[],
-        &TreeOpts {
-            long_names: false,
-            non_utf8: false,
-            hardlinks: false,
-            sparse: false,
-        },
-    );
+    let (archive, _) = tar_fixture(&d, "gnu", &[], &TreeOpts::plain());
     std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o600)).unwrap();
     let o = Command::new("setpriv")
         .args([

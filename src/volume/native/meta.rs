@@ -321,11 +321,16 @@ pub fn remove_xattr(c: &Connection, ino: i64, name: &[u8]) -> Result<bool> {
     )
 }
 
-/// Chunks that nothing references any more.
-pub fn free_chunks(c: &Connection) -> Result<Vec<Hash>> {
-    let mut st = c.prepare_cached("SELECT hash FROM chunks WHERE refs <= 0")?;
+/// The hashes a query selects (its only column).
+fn hashes(c: &Connection, sql: &str) -> Result<Vec<Hash>> {
+    let mut st = c.prepare_cached(sql)?;
     let rows = st.query_map([], |r| hash_of(r.get(0)?))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Chunks that nothing references any more.
+pub fn free_chunks(c: &Connection) -> Result<Vec<Hash>> {
+    hashes(c, "SELECT hash FROM chunks WHERE refs <= 0")
 }
 
 /// Drops a chunk row if it is still unreferenced; true if it was dropped.
@@ -339,9 +344,7 @@ pub fn drop_chunk_if_free(c: &Connection, h: &Hash) -> Result<bool> {
 
 /// Every chunk the catalog knows.
 pub fn all_chunks(c: &Connection) -> Result<Vec<Hash>> {
-    let mut st = c.prepare_cached("SELECT hash FROM chunks")?;
-    let rows = st.query_map([], |r| hash_of(r.get(0)?))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    hashes(c, "SELECT hash FROM chunks")
 }
 
 /// Whether the catalog knows chunk `h` (referenced or awaiting collection).
