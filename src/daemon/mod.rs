@@ -297,6 +297,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
         sealer: Sealer::new(opts.config.native.seal_threads),
         budget: Budget::new(opts.config.native.dirty_limit_mb << 20),
         watch: Default::default(),
+        stale: Default::default(),
     });
     let core = Arc::new(Core::new());
     let manager = Arc::new(Manager::new(

@@ -124,6 +124,12 @@ pub trait VolumeFs: Send + Sync {
 
     fn releasedir(&self, _ino: u64) {}
 
+    /// Catalog rows of inodes in use right now (open files, open
+    /// directories), which fsck must not take for orphans.
+    fn busy_inodes(&self) -> Vec<i64> {
+        Vec::new()
+    }
+
     fn open(&self, ino: u64, flags: OpenFlags, ctx: &Ctx) -> Result<Arc<dyn OpenFile>>;
 
     fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {

@@ -847,7 +847,19 @@ impl Manager {
                     .collect()
             }
         };
-        let rep = fsck::run(&self.native, &slots, volume.is_none(), repair)?;
+        let targets: Vec<fsck::Target> = slots
+            .into_iter()
+            .map(|(slot, id)| fsck::Target {
+                busy: self
+                    .core
+                    .by_slot(slot)
+                    .map(|m| m.fs.busy_inodes().into_iter().collect())
+                    .unwrap_or_default(),
+                slot,
+                id,
+            })
+            .collect();
+        let rep = fsck::run(&self.native, &targets, volume.is_none(), repair)?;
         let _ = self.catalog.event(
             volume,
             if rep.problems.is_empty() {

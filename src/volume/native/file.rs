@@ -50,6 +50,9 @@ pub struct Env {
     pub sealer: Arc<Sealer>,
     pub budget: Arc<Budget>,
     pub watch: Watch,
+    /// Chunks written but never committed whose removal found them pinned
+    /// (a reader had them at that moment); later collections retry.
+    pub stale: Mutex<std::collections::HashSet<Hash>>,
 }
 
 /// Tells the offload engine about changes to files that change-vulnerable
@@ -383,7 +386,13 @@ impl Files {
                     }
                     buf[a..a + n].copy_from_slice(piece);
                 }
-                if buf.len() == LEAF
+                // A write that fills the chunk up to its last byte is how a
+                // sequential writer leaves a chunk: seal it now, once. A
+                // random write into a chunk loaded for read-modify-write
+                // also makes it full length, but more writes to it are
+                // likely; it waits for close, fsync or buffer pressure.
+                if a + n == LEAF
+                    && buf.len() == LEAF
                     && let Some(full) = st.dirty.remove(&idx)
                 {
                     self.submit(node, &mut st, idx, full);
@@ -457,10 +466,7 @@ impl Files {
         for pin in pins {
             let h = *pin.hash();
             drop(pin);
-            let cat = &self.env.catalog;
-            let _ = self
-                .store()
-                .remove_unpinned(&h, || Ok(!meta::chunk_known(&cat.conn(), &h)?));
+            discard_one(&self.env, h);
         }
     }
 
@@ -790,8 +796,24 @@ impl Files {
     }
 }
 
-/// Removes chunks that nothing references any more.
+/// Removes an uncommitted chunk's file unless the catalog references it;
+/// if someone holds a pin on it right now, remembers it for later.
+fn discard_one(env: &Env, h: Hash) {
+    let removed = env
+        .store
+        .remove_unpinned(&h, || Ok(!meta::chunk_known(&env.catalog.conn(), &h)?));
+    if !matches!(removed, Ok(true)) && env.store.is_pinned(&h) {
+        env.stale.lock().insert(h);
+    }
+}
+
+/// Removes chunks that nothing references any more, and retries stale
+/// uncommitted ones.
 pub fn collect(env: &Env) {
+    let stale: Vec<Hash> = env.stale.lock().drain().collect();
+    for h in stale {
+        discard_one(env, h);
+    }
     let free = match meta::free_chunks(&env.catalog.conn()) {
         Ok(f) => f,
         Err(e) => {

@@ -57,17 +57,24 @@ impl Report {
     }
 }
 
-/// Checks native volumes `slots` (with their IDs, for messages); `whole`
-/// adds the store-wide checks.
-pub fn run(env: &Env, slots: &[(u32, String)], whole: bool, repair: bool) -> Result<Report> {
+/// A volume to check: its slot, its ID (for messages) and the inode rows in
+/// use right now (open, possibly unlinked: not orphans).
+pub struct Target {
+    pub slot: u32,
+    pub id: String,
+    pub busy: HashSet<i64>,
+}
+
+/// Checks native volumes `targets`; `whole` adds the store-wide checks.
+pub fn run(env: &Env, targets: &[Target], whole: bool, repair: bool) -> Result<Report> {
     let mut rep = Report {
-        volumes: slots.iter().map(|(_, id)| id.clone()).collect(),
+        volumes: targets.iter().map(|t| t.id.clone()).collect(),
         ..Report::default()
     };
     // Which files use each chunk, for messages.
     let mut users: HashMap<Hash, Vec<String>> = HashMap::new();
-    for (slot, id) in slots {
-        check_tree(env, *slot, id, repair, &mut rep, &mut users)?;
+    for t in targets {
+        check_tree(env, t, repair, &mut rep, &mut users)?;
     }
     // Chunk content.
     let mut hashes: Vec<Hash> = users.keys().copied().collect();
@@ -95,12 +102,12 @@ pub fn run(env: &Env, slots: &[(u32, String)], whole: bool, repair: bool) -> Res
 
 fn check_tree(
     env: &Env,
-    slot: u32,
-    id: &str,
+    t: &Target,
     repair: bool,
     rep: &mut Report,
     users: &mut HashMap<Hash, Vec<String>>,
 ) -> Result<()> {
+    let (slot, id) = (t.slot, t.id.as_str());
     let mut conn = env.catalog.conn();
     let tx = conn.transaction()?;
     let root: Option<i64> = tx.query_row(
@@ -153,6 +160,13 @@ fn check_tree(
     for &(ino, mode, nlink, size) in &inodes {
         let dir = mode & libc::S_IFMT == libc::S_IFDIR;
         let n = names.get(&ino).copied().unwrap_or(0);
+        if t.busy.contains(&ino) && n == 0 {
+            // Unlinked (or removed) but still open: it goes when closed.
+            if mode & libc::S_IFMT == libc::S_IFREG {
+                check_extents(&tx, id, ino, size, repair, rep, users)?;
+            }
+            continue;
+        }
         if Some(ino) != root && n == 0 {
             let fixed = repair && meta::delete(&tx, ino).is_ok();
             rep.add(

@@ -517,6 +517,12 @@ impl VolumeFs for NativeVolume {
             .ok_or_else(|| Error::kind_only(ErrorKind::Invalid))
     }
 
+    fn busy_inodes(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = self.inner.open.lock().keys().copied().collect();
+        v.extend(self.inner.open_dirs.lock().keys().copied());
+        v
+    }
+
     fn opendir(&self, ino: u64) -> Result<()> {
         let r = self.inner.row_of(ino);
         // Catalog first, released before the map (lock order: open maps,
