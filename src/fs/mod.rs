@@ -869,13 +869,13 @@ struct MediumOpen {
 
 impl OpenFile for MediumOpen {
     fn read(&self, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
-        out.clear();
         let total = self.medium.size();
         if offset >= total {
+            out.clear();
             return Ok(());
         }
         let n = u64::from(size).min(total - offset) as usize;
-        out.resize(n, 0);
+        ops::len_for_overwrite(out, n);
         self.medium
             .read_exact_at(out, offset)
             .map_err(|e| Error::io(format!("reading medium at offset {offset}"), e))

@@ -22,6 +22,18 @@ pub struct DirEntry<'a> {
     pub next: u64,
 }
 
+/// Sets `buf`'s length to `n` for a read that will overwrite every byte.
+/// Bytes the buffer already held are not zeroed first: the FUSE threads
+/// reuse one buffer, so a stream of equal-sized reads zeroes nothing (the
+/// memset was 4% of a hot sequential read).
+pub fn len_for_overwrite(buf: &mut Vec<u8>, n: usize) {
+    if buf.len() >= n {
+        buf.truncate(n);
+    } else {
+        buf.resize(n, 0);
+    }
+}
+
 /// An open regular file. Reads and writes go through it so that per-open
 /// state (write buffers, decompression cursors) lives with the handle.
 pub trait OpenFile: Send + Sync {

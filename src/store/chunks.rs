@@ -52,6 +52,8 @@ const MAGIC: &[u8; 8] = b"FSDCHNK1";
 const FOOTER: usize = 16;
 /// Open chunk files kept for reuse.
 const OPEN_FILES: usize = 512;
+/// Chunks at least this large start their writeback as soon as written.
+const EARLY_WRITEBACK: usize = 256 * 1024;
 
 /// An open, validated chunk file.
 pub struct ChunkFile {
@@ -292,11 +294,16 @@ impl ChunkStore {
         tail.extend_from_slice(&(data.len() as u32).to_le_bytes());
         tail.extend_from_slice(&(crcs.len() as u32).to_le_bytes());
         f.write_all_at(&tail, data.len() as u64)?;
-        // Start writeback now, so an fsync later finds the data on its way
-        // to disk instead of starting from zero.
-        // SAFETY: a valid descriptor and a plain range request.
-        unsafe {
-            libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        // Start writeback of a large chunk now, so an fsync later finds the
+        // data on its way to disk instead of starting from zero. A small
+        // chunk is left to the flusher: starting I/O for a few KiB costs a
+        // block allocation and a request per file, which dominates creating
+        // many small files, and an fsync's syncfs writes it anyway.
+        if data.len() >= EARLY_WRITEBACK {
+            // SAFETY: a valid descriptor and a plain range request.
+            unsafe {
+                libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
         }
         Ok(())
     }

@@ -260,22 +260,24 @@ fn ino_of(node: u32) -> u64 {
 impl Inner {
     /// Reads `size` bytes at `off` of node `i` into `buf`.
     fn read(&self, i: u32, off: u64, size: u32, buf: &mut Vec<u8>) -> Result<()> {
-        buf.clear();
         let n = &self.index.nodes[i as usize];
         if off >= n.size {
+            buf.clear();
             return Ok(());
         }
         let len = (u64::from(size)).min(n.size - off) as usize;
         match &n.data {
             Data::None => {
+                buf.clear();
                 buf.resize(len, 0);
                 Ok(())
             }
             Data::Stored { offset } => {
-                buf.resize(len, 0);
+                crate::fs::ops::len_for_overwrite(buf, len);
                 self.read_medium(buf, offset + off, i)
             }
             Data::Sparse { segments } => {
+                buf.clear();
                 buf.resize(len, 0);
                 let end = off + len as u64;
                 // First segment that ends after `off`.

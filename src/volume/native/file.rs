@@ -187,6 +187,49 @@ fn seal_data(store: &Arc<ChunkStore>, data: &[u8]) -> Result<Option<(Pin, u32)>>
     Ok(Some((pin, data.len() as u32)))
 }
 
+/// Chunks up to this size are sealed inline by [`Files::submit`].
+const INLINE_SEAL: usize = 64 * 1024;
+
+/// Records the outcome of sealing chunk `idx` in the file's state.
+fn sealed(
+    env: &Env,
+    volume: &str,
+    ino: i64,
+    st: &mut State,
+    idx: u64,
+    data: ChunkBuf,
+    result: Result<Option<(Pin, u32)>>,
+) {
+    match result {
+        Ok(Some((pin, len))) => {
+            st.extents.insert(
+                idx,
+                Ext {
+                    hash: *pin.hash(),
+                    len,
+                },
+            );
+            st.pins.push(pin);
+            st.changed.insert(idx);
+            env.budget.sub(LEAF64);
+        }
+        Ok(None) => {
+            st.extents.remove(&idx);
+            st.changed.insert(idx);
+            env.budget.sub(LEAF64);
+        }
+        Err(e) => {
+            tracing::warn!(volume = %volume, ino, chunk = idx, "sealing failed: {e}");
+            // Keep the data so nothing is silently lost; the error is
+            // reported to the writer and the commit rolls back.
+            st.dirty.entry(idx).or_insert(data);
+            if st.error.is_none() {
+                st.error = Some(e);
+            }
+        }
+    }
+}
+
 /// Where the bytes of one chunk piece of a read come from.
 enum Source {
     Zero,
@@ -234,11 +277,11 @@ impl Files {
 
     /// Reads up to `size` bytes at `off` into `out` (replacing its content).
     pub fn read(&self, node: &Inode, off: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
-        out.clear();
         let mut sources = Vec::new();
         let (start, end) = {
             let st = node.st.lock();
             if off >= st.size {
+                out.clear();
                 return Ok(());
             }
             let end = (off + u64::from(size)).min(st.size);
@@ -271,13 +314,16 @@ impl Files {
             }
             (off, end)
         };
-        out.resize((end - start) as usize, 0);
+        crate::fs::ops::len_for_overwrite(out, (end - start) as usize);
         for (pos, len, src) in sources {
             let dst = &mut out[(pos - start) as usize..(pos - start) as usize + len];
             match src {
-                Source::Zero => {}
+                Source::Zero => dst.fill(0),
                 Source::Bytes(v) => dst.copy_from_slice(&v),
                 Source::Chunk(pin, a, b) => {
+                    // A chunk shorter than the range (a file grown past a
+                    // short last chunk) reads as zeros after its end.
+                    dst[b - a..].fill(0);
                     if b > a {
                         self.store()
                             .read(pin.hash(), a, &mut dst[..b - a])
@@ -298,41 +344,26 @@ impl Files {
         Ok(())
     }
 
-    /// Hands a full chunk to the sealer.
+    /// Hands a chunk to the sealer. Small chunks (the tail of a file, a
+    /// small file) are sealed on the calling thread: the hand-off to a
+    /// sealer thread and back costs more than hashing a few KiB.
     fn submit(&self, node: &Arc<Inode>, st: &mut State, idx: u64, data: ChunkBuf) {
+        if data.len() <= INLINE_SEAL {
+            let result = seal_data(&self.env.store, &data);
+            sealed(&self.env, &self.volume, node.ino, st, idx, data, result);
+            return;
+        }
         let data = Arc::new(data);
         st.sealing.insert(idx, data.clone());
         let node = node.clone();
         let env = self.env.clone();
         let volume = self.volume.clone();
         self.env.sealer.submit(move || {
-                        let result = seal_data(&env.store, &data);
-            let cap = LEAF64;
+            let result = seal_data(&env.store, &data);
             let mut st = node.st.lock();
             st.sealing.remove(&idx);
-            match result {
-                Ok(Some((pin, len))) => {
-                    st.extents.insert(idx, Ext { hash: *pin.hash(), len });
-                    st.pins.push(pin);
-                    st.changed.insert(idx);
-                    env.budget.sub(cap);
-                }
-                Ok(None) => {
-                    st.extents.remove(&idx);
-                    st.changed.insert(idx);
-                    env.budget.sub(cap);
-                }
-                Err(e) => {
-                    tracing::warn!(volume = %volume, ino = node.ino, chunk = idx, "sealing failed: {e}");
-                    // Keep the data so nothing is silently lost; the error
-                    // is reported to the writer and the commit rolls back.
-                    let back = Arc::try_unwrap(data).unwrap_or_else(|a| (*a).clone());
-                    st.dirty.entry(idx).or_insert(back);
-                    if st.error.is_none() {
-                        st.error = Some(e);
-                    }
-                }
-            }
+            let data = Arc::try_unwrap(data).unwrap_or_else(|a| (*a).clone());
+            sealed(&env, &volume, node.ino, &mut st, idx, data, result);
             node.cv.notify_all();
         });
     }

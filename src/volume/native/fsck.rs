@@ -94,7 +94,7 @@ pub fn run(env: &Env, targets: &[Target], whole: bool, repair: bool) -> Result<R
             }
         }
     }
-        if whole {
+    if whole {
         // Chunks dropped a moment ago may still await collection (a reader
         // held them); collect first so only real leftovers are reported.
         super::file::collect(env);
