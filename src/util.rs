@@ -65,6 +65,27 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A seeded xorshift generator for unit tests that damage inputs at
+/// random: reproducible from its seed, unlike the OS generator.
+#[cfg(test)]
+pub struct TestRng(pub u64);
+
+#[cfg(test)]
+impl TestRng {
+    #[allow(clippy::should_implement_trait)] // an infinite stream; `next` reads as in the xorshift papers
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

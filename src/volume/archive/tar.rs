@@ -2623,17 +2623,15 @@ mod tests {
 
     // -- no input panics --------------------------------------------------------------
 
-    struct Rng(u64);
+    /// The shared test generator, in `usize`.
+    struct Rng(crate::util::TestRng);
 
     impl Rng {
         fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
+            self.0.next()
         }
         fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
+            self.0.below(n as u64) as usize
         }
     }
 
@@ -2667,7 +2665,7 @@ mod tests {
 
     #[test]
     fn random_damage_never_panics() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng(crate::util::TestRng(0x9e37_79b9_7f4a_7c15));
         for seed in fuzz_seeds() {
             let headers: Vec<usize> = (0..seed.len() / 512)
                 .filter(|&i| looks_like_tar(&seed[i * 512..]))

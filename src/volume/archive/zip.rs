@@ -1139,19 +1139,7 @@ mod tests {
         (0..len).map(|_| rng.next() as u8).collect()
     }
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::util::TestRng as XorShift;
 
     fn assert_tree(idx: &ArchiveIndex, zip: &[u8]) {
         assert_eq!(idx.format, "zip");
