@@ -110,6 +110,27 @@ pub struct State {
 }
 
 impl State {
+    /// Makes a freshly sealed chunk (or a hole, for `None`) the content of
+    /// chunk `idx`, to be committed with the file.
+    fn install(&mut self, idx: u64, chunk: Option<(Pin, u32)>) {
+        match chunk {
+            Some((pin, len)) => {
+                self.extents.insert(
+                    idx,
+                    Ext {
+                        hash: *pin.hash(),
+                        len,
+                    },
+                );
+                self.pins.push(pin);
+            }
+            None => {
+                self.extents.remove(&idx);
+            }
+        }
+        self.changed.insert(idx);
+    }
+
     pub fn is_clean(&self) -> bool {
         self.dirty.is_empty()
             && self.sealing.is_empty()
@@ -201,21 +222,8 @@ fn sealed(
     result: Result<Option<(Pin, u32)>>,
 ) {
     match result {
-        Ok(Some((pin, len))) => {
-            st.extents.insert(
-                idx,
-                Ext {
-                    hash: *pin.hash(),
-                    len,
-                },
-            );
-            st.pins.push(pin);
-            st.changed.insert(idx);
-            env.budget.sub(LEAF64);
-        }
-        Ok(None) => {
-            st.extents.remove(&idx);
-            st.changed.insert(idx);
+        Ok(chunk) => {
+            st.install(idx, chunk);
             env.budget.sub(LEAF64);
         }
         Err(e) => {
@@ -505,22 +513,7 @@ impl Files {
     fn reseal(&self, st: &mut State, idx: u64, f: impl FnOnce(&mut ChunkBuf)) -> Result<()> {
         let mut data = self.load_chunk(st, idx)?;
         f(&mut data);
-        match seal_data(self.store(), &data)? {
-            Some((pin, len)) => {
-                st.extents.insert(
-                    idx,
-                    Ext {
-                        hash: *pin.hash(),
-                        len,
-                    },
-                );
-                st.pins.push(pin);
-            }
-            None => {
-                st.extents.remove(&idx);
-            }
-        }
-        st.changed.insert(idx);
+        st.install(idx, seal_data(self.store(), &data)?);
         Ok(())
     }
 
