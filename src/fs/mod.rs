@@ -881,13 +881,6 @@ impl OpenFile for MediumOpen {
             .map_err(|e| Error::io(format!("reading medium at offset {offset}"), e))
     }
 
-    fn open_opts(&self) -> OpenOpts {
-        OpenOpts {
-            keep_cache: true,
-            direct_io: false,
-        }
-    }
-
     fn ino(&self) -> u64 {
         self.ino
     }

@@ -60,9 +60,15 @@ pub trait OpenFile: Send + Sync {
         Ok(())
     }
 
-    /// How the kernel should cache this file's pages.
+    /// How the kernel should cache this file's pages. By default it keeps
+    /// pages cached by an earlier open: archives and media never change, and
+    /// every change to a native file goes through the kernel (writes,
+    /// truncates) or is announced to it (offload writes invalidate).
     fn open_opts(&self) -> OpenOpts {
-        OpenOpts::default()
+        OpenOpts {
+            keep_cache: true,
+            direct_io: false,
+        }
     }
 
     /// The local inode this handle refers to.

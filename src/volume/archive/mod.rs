@@ -19,7 +19,7 @@ use self::index::{ArchiveIndex, Data, Meta, Node, NodeKind, ROOT, ReadAt};
 use self::inflate::{InflateCache, Source};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::{DirEntry, OpenFile, VOLUME_ROOT, VolumeFs};
-use crate::fs::types::{Attr, Ctx, FileKind, OpenFlags, OpenOpts, StatFs, Timespec};
+use crate::fs::types::{Attr, Ctx, FileKind, OpenFlags, StatFs, Timespec};
 use crate::store::catalog::Catalog;
 use crate::store::treehash::TreeHasher;
 
@@ -361,15 +361,6 @@ struct ArchiveFile {
 impl OpenFile for ArchiveFile {
     fn read(&self, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
         self.inner.read(self.node, offset, size, out)
-    }
-
-    fn open_opts(&self) -> OpenOpts {
-        // Archive volumes never change, so pages cached by an earlier open
-        // stay valid.
-        OpenOpts {
-            keep_cache: true,
-            direct_io: false,
-        }
     }
 
     fn ino(&self) -> u64 {

@@ -26,9 +26,7 @@ use self::file::{Env, Files, Inode};
 use self::meta::Row;
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::{DirEntry, OpenFile, Shared, VOLUME_ROOT, VolumeFs};
-use crate::fs::types::{
-    Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, StatFs, TimeSet, Timespec,
-};
+use crate::fs::types::{Attr, Ctx, FileKind, OpenFlags, SetAttr, StatFs, TimeSet, Timespec};
 use crate::store::treehash::LEAF;
 
 /// The virtual xattr with a regular file's Glacier tree hash.
@@ -307,16 +305,6 @@ impl OpenFile for NativeFile {
 
     fn release(&self) -> Result<()> {
         self.vol.release(&self.node)
-    }
-
-    fn open_opts(&self) -> OpenOpts {
-        // Every change goes through the kernel (writes, truncates) or is
-        // announced to it (offload writes invalidate), so cached pages stay
-        // valid between opens.
-        OpenOpts {
-            keep_cache: true,
-            direct_io: false,
-        }
     }
 
     fn ino(&self) -> u64 {
