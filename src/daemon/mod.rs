@@ -236,8 +236,8 @@ pub fn check_mountpoint(mp: &Path) -> std::result::Result<PathBuf, Fatal> {
     Ok(canon)
 }
 
-/// Raises the open-file limit to the hard limit: the chunk store keeps
-/// hundreds of chunk files open, and FUSE clones one descriptor per thread.
+/// Raises the open-file limit to the hard limit: the chunk store keeps up to
+/// 4096 chunk files open, and FUSE clones one descriptor per thread.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {

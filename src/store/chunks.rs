@@ -50,8 +50,20 @@ use crate::fs::types::StatFs;
 pub const BLOCK: usize = 4096;
 const MAGIC: &[u8; 8] = b"FSDCHNK1";
 const FOOTER: usize = 16;
-/// Open chunk files kept for reuse.
-const OPEN_FILES: usize = 512;
+/// Open chunk files kept for reuse, at most: 4 GiB of 1 MiB chunks, so a
+/// re-read of a file that large opens nothing. Fewer when the descriptor
+/// limit is low (see `open_files`).
+const OPEN_FILES: usize = 4096;
+
+/// How many chunk files to keep open: `OPEN_FILES`, or a quarter of the
+/// process's descriptor limit if that is smaller, leaving the rest for FUSE,
+/// the catalog, the control socket and the archive media.
+fn open_files() -> usize {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    OPEN_FILES.min((limit / 4) as usize).max(16)
+}
 /// Chunks at least this large start their writeback as soon as written.
 const EARLY_WRITEBACK: usize = 256 * 1024;
 
@@ -148,7 +160,7 @@ impl ChunkStore {
             dir: dir.to_path_buf(),
             tmp,
             open: Mutex::new(LruCache::new(
-                NonZeroUsize::new(OPEN_FILES).unwrap_or(NonZeroUsize::MIN),
+                NonZeroUsize::new(open_files()).unwrap_or(NonZeroUsize::MIN),
             )),
             pins: Mutex::new(HashMap::new()),
             written: Condvar::new(),
