@@ -579,3 +579,63 @@ print(code(open, v + "/private"),
         "new files belong to their creator"
     );
 }
+
+/// Small writes into a file whose chunks are already sealed are kept as
+/// patches of 4 KiB pages until the chunk is sealed again. Reads before and
+/// after the commit, a restart and the write budget must all agree with a
+/// plain model of the bytes, for writes that straddle pages and chunks,
+/// grow a short last chunk and fill a patch past its page limit.
+#[test]
+fn small_writes_into_sealed_chunks() {
+    let mut d = Daemon::start();
+    let (id, v) = create(&d, "patch");
+    let base = pattern(11, 3 * 1024 * 1024 + 5000);
+    std::fs::write(v.join("f"), &base).unwrap();
+    let script = r##"
+import os, sys, random, json
+path, model_path = sys.argv[1], sys.argv[2]
+model = bytearray(open(model_path, 'rb').read())
+rng = random.Random(5)
+fd = os.open(path, os.O_RDWR)
+def w(off, data):
+    global model
+    assert os.pwrite(fd, data, off) == len(data)
+    if len(model) < off + len(data):
+        model += bytes(off + len(data) - len(model))
+    model[off:off + len(data)] = data
+# Straddling a page boundary, a chunk boundary, inside the short last
+# chunk, past the end (growing it), and one byte.
+w(4090, b'A' * 20)
+w((1 << 20) - 7, b'B' * 14)
+w(3 * (1 << 20) + 4000, b'C' * 3000)
+w(len(model) + 100, b'D' * 50)
+w(2 * (1 << 20) + 12345, b'E')
+# Many random small writes, then a dense patch (more than 64 pages).
+for _ in range(300):
+    off = rng.randrange(0, len(model))
+    w(off, rng.randbytes(rng.randrange(1, 9000)))
+for i in range(100):
+    w((1 << 20) + i * 4096, rng.randbytes(4096))
+# Reads before any commit see the writes.
+for _ in range(200):
+    off = rng.randrange(0, len(model))
+    n = rng.randrange(1, 300000)
+    got = os.pread(fd, n, off)
+    assert got == bytes(model[off:off + n]), ('read before close', off, n)
+assert os.fstat(fd).st_size == len(model)
+os.close(fd)
+open(model_path, 'wb').write(model)
+"##;
+    let model = d.state.parent().unwrap().join("patch-model");
+    std::fs::write(&model, &base).unwrap();
+    python(script, &[&v.join("f"), &model]);
+    let want = std::fs::read(&model).unwrap();
+    assert_eq!(std::fs::read(v.join("f")).unwrap(), want, "after close");
+    let st = d.json(&["status"]);
+    assert_eq!(st["buffered"], 0, "budget returned after the commit: {st}");
+    d.restart();
+    let v = d.vol(&id);
+    assert_eq!(std::fs::read(v.join("f")).unwrap(), want, "after restart");
+    let fsck = d.tokenctl(&["fsck", "patch"]);
+    assert!(fsck.status.success(), "{fsck:?}");
+}

@@ -5,6 +5,9 @@
 //! file see the same bytes), holding:
 //!
 //! * `dirty`: chunks being written, as plain buffers;
+//! * `patches`: chunks with sealed data that are being written sparsely,
+//!   as the 4 KiB pages written (see [`super::patch`]); merged with the
+//!   sealed chunk when sealed, or turned into a `dirty` buffer when dense;
 //! * `sealing`: full chunks handed to the sealer, still readable;
 //! * `extents`: the chunk map, committed or sealed since the last commit;
 //! * `changed`: chunk numbers whose extent the catalog does not have yet.
@@ -28,6 +31,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::meta::{self, Ext};
+use super::patch::{self, Patch};
 use super::sealer::{Budget, Sealer};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::Shared;
@@ -99,6 +103,7 @@ pub struct State {
     pub committed_size: u64,
     pub extents: BTreeMap<u64, Ext>,
     pub dirty: BTreeMap<u64, ChunkBuf>,
+    pub patches: BTreeMap<u64, Patch>,
     pub sealing: BTreeMap<u64, Arc<ChunkBuf>>,
     pub changed: BTreeSet<u64>,
     pub pins: Vec<Pin>,
@@ -133,6 +138,7 @@ impl State {
 
     pub fn is_clean(&self) -> bool {
         self.dirty.is_empty()
+            && self.patches.is_empty()
             && self.sealing.is_empty()
             && self.changed.is_empty()
             && !self.times_dirty
@@ -150,9 +156,15 @@ impl State {
         n
     }
 
+    /// Write-buffer bytes held (what the budget counts for this file).
+    fn buffered(&self) -> u64 {
+        self.dirty.len() as u64 * LEAF64 + self.patches.values().map(Patch::bytes).sum::<u64>()
+    }
+
     fn has_data(&self, idx: u64) -> bool {
         self.extents.contains_key(&idx)
             || self.dirty.contains_key(&idx)
+            || self.patches.contains_key(&idx)
             || self.sealing.contains_key(&idx)
     }
 }
@@ -170,6 +182,7 @@ impl Inode {
                 committed_size: row.size,
                 extents,
                 dirty: BTreeMap::new(),
+                patches: BTreeMap::new(),
                 sealing: BTreeMap::new(),
                 changed: BTreeSet::new(),
                 pins: Vec::new(),
@@ -207,6 +220,10 @@ fn seal_data(store: &Arc<ChunkStore>, data: &[u8]) -> Result<Option<(Pin, u32)>>
     let pin = store.put(data)?;
     Ok(Some((pin, data.len() as u32)))
 }
+
+/// Patched chunks of one file merged ahead of the sealer (see
+/// [`Files::seal_all`]): enough to keep the sealer threads busy.
+const SEAL_QUEUE: usize = 8;
 
 /// Chunks up to this size are sealed inline by [`Files::submit`].
 const INLINE_SEAL: usize = 64 * 1024;
@@ -310,6 +327,8 @@ impl Files {
                     from_buf(d)
                 } else if let Some(d) = st.sealing.get(&idx) {
                     from_buf(d)
+                } else if let Some(p) = st.patches.get(&idx) {
+                    Source::Bytes(self.patched(&st, idx, p, a, b)?)
                 } else if let Some(e) = st.extents.get(&idx) {
                     // Pin so a concurrent commit cannot collect the chunk
                     // between here and the read below.
@@ -352,6 +371,100 @@ impl Files {
         Ok(())
     }
 
+    /// Bytes `[a, b)` of chunk `idx` as sealed with patch `p` laid over.
+    fn patched(&self, st: &State, idx: u64, p: &Patch, a: usize, b: usize) -> Result<Vec<u8>> {
+        let mut v = vec![0u8; b - a];
+        if let Some(e) = st.extents.get(&idx) {
+            let to = b.min(e.len as usize);
+            if a < to {
+                self.store()
+                    .read(&e.hash, a, &mut v[..to - a])
+                    .map_err(|err| self.data_error(err, idx * LEAF64 + a as u64))?;
+            }
+        }
+        p.overlay(a, &mut v);
+        Ok(v)
+    }
+
+    /// Writes `piece` at offset `a` of chunk `idx` as a patch over its
+    /// sealed data; a patch grown dense becomes a full buffer.
+    fn write_patch(&self, st: &mut State, idx: u64, a: usize, piece: &[u8]) -> Result<()> {
+        let base = st.extents.get(&idx).copied();
+        let mut p = st
+            .patches
+            .remove(&idx)
+            .unwrap_or_else(|| Patch::new(base.map_or(0, |e| e.len as usize)));
+        let added = p.write(a, piece, |pg, page| {
+            let ps = pg as usize * patch::PAGE;
+            match base {
+                Some(e) if ps < e.len as usize => {
+                    let m = (e.len as usize - ps).min(patch::PAGE);
+                    self.store()
+                        .read(&e.hash, ps, &mut page[..m])
+                        .map_err(|err| self.data_error(err, idx * LEAF64 + ps as u64))
+                }
+                _ => Ok(()),
+            }
+        });
+        let added = match added {
+            Ok(n) => n,
+            Err(e) => {
+                if p.pages() > 0 {
+                    st.patches.insert(idx, p);
+                }
+                return Err(e);
+            }
+        };
+        self.env.budget.add(added);
+        if p.pages() > patch::MAX_PAGES {
+            let buf = self.materialize(st, idx, p)?;
+            st.dirty.insert(idx, buf);
+        } else {
+            st.patches.insert(idx, p);
+        }
+        Ok(())
+    }
+
+    /// Merges a patch with its sealed chunk into a full buffer, moving its
+    /// budget from pages to one chunk. On error the patch's writes are lost
+    /// and the error is returned (the caller rolls back).
+    fn materialize(&self, st: &State, idx: u64, p: Patch) -> Result<ChunkBuf> {
+        self.env.budget.sub(p.bytes());
+        let mut buf = self.load_chunk(st, idx)?;
+        if buf.len() < p.chunk_len() {
+            buf.resize(p.chunk_len());
+        }
+        p.apply(&mut buf);
+        self.env.budget.add(LEAF64);
+        Ok(buf)
+    }
+
+    /// Hands every buffered chunk of the file to the sealer (without
+    /// waiting for it). Patches are merged one at a time, with at most
+    /// `SEAL_QUEUE` of the file's chunks waiting for the sealer, so sealing
+    /// a file with thousands of patched chunks holds a few buffers (reused
+    /// from the pool), not one per chunk.
+    fn seal_all(&self, node: &Arc<Inode>, st: &mut MutexGuard<'_, State>) {
+        let patches = std::mem::take(&mut st.patches);
+        for (idx, p) in patches {
+            while st.sealing.len() >= SEAL_QUEUE {
+                node.cv.wait(st);
+            }
+            match self.materialize(st, idx, p) {
+                Ok(buf) => self.submit(node, st, idx, buf),
+                Err(e) => {
+                    if st.error.is_none() {
+                        st.error = Some(e);
+                    }
+                }
+            }
+        }
+        let dirty = std::mem::take(&mut st.dirty);
+        for (idx, data) in dirty {
+            self.submit(node, st, idx, data);
+        }
+    }
+
     /// Hands a chunk to the sealer. Small chunks (the tail of a file, a
     /// small file) are sealed on the calling thread: the hand-off to a
     /// sealer thread and back costs more than hashing a few KiB.
@@ -378,10 +491,7 @@ impl Files {
 
     /// Seals every dirty chunk and waits until the sealer is done.
     fn drain(&self, node: &Arc<Inode>, st: &mut MutexGuard<'_, State>) {
-        let dirty = std::mem::take(&mut st.dirty);
-        for (idx, data) in dirty {
-            self.submit(node, st, idx, data);
-        }
+        self.seal_all(node, st);
         while !st.sealing.is_empty() {
             node.cv.wait(st);
         }
@@ -408,9 +518,21 @@ impl Files {
                     while st.sealing.contains_key(&idx) {
                         node.cv.wait(&mut st);
                     }
-                    let base = self.load_chunk(&st, idx)?;
+                    // A write into sealed data that does not replace all of
+                    // it keeps only the pages written (no 1 MiB read now).
+                    let partial = st
+                        .extents
+                        .get(&idx)
+                        .is_some_and(|e| a > 0 || a + n < e.len as usize);
+                    if partial || st.patches.contains_key(&idx) {
+                        self.write_patch(&mut st, idx, a, piece)?;
+                        pos += n as u64;
+                        continue;
+                    }
+                    // New data, or all of the sealed data replaced: nothing
+                    // to read.
                     self.env.budget.add(LEAF64);
-                    st.dirty.insert(idx, base);
+                    st.dirty.insert(idx, ChunkBuf::new());
                 }
                 let buf = st
                     .dirty
@@ -455,13 +577,7 @@ impl Files {
         if !self.env.budget.over() {
             return;
         }
-        {
-            let mut st = node.st.lock();
-            let dirty = std::mem::take(&mut st.dirty);
-            for (idx, data) in dirty {
-                self.submit(node, &mut st, idx, data);
-            }
-        }
+        self.seal_all(node, &mut node.st.lock());
         for _ in 0..100 {
             if !self.env.budget.over() {
                 break;
@@ -487,8 +603,9 @@ impl Files {
     /// Restores the last committed state and removes chunks written for the
     /// abandoned changes.
     fn rollback(&self, node: &Inode, st: &mut State) -> Result<()> {
-        self.env.budget.sub(st.dirty.len() as u64 * LEAF64);
+        self.env.budget.sub(st.buffered());
         st.dirty.clear();
+        st.patches.clear();
         st.changed.clear();
         st.size = st.committed_size;
         st.times_dirty = false;
@@ -781,6 +898,9 @@ impl Files {
         if st.dirty.remove(&idx).is_some() {
             self.env.budget.sub(LEAF64);
         }
+        if let Some(p) = st.patches.remove(&idx) {
+            self.env.budget.sub(p.bytes());
+        }
         match ext.hash {
             Some(hash) => {
                 st.extents.insert(idx, Ext { hash, len: ext.len });
@@ -812,8 +932,9 @@ impl Files {
         while !st.sealing.is_empty() {
             node.cv.wait(&mut st);
         }
-        self.env.budget.sub(st.dirty.len() as u64 * LEAF64);
+        self.env.budget.sub(st.buffered());
         st.dirty.clear();
+        st.patches.clear();
         let pins = std::mem::take(&mut st.pins);
         drop(st);
         self.discard(pins);

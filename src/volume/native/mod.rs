@@ -14,6 +14,7 @@
 pub mod file;
 pub mod fsck;
 pub mod meta;
+pub mod patch;
 pub mod sealer;
 
 use std::collections::HashMap;
