@@ -639,3 +639,39 @@ open(model_path, 'wb').write(model)
     let fsck = d.tokenctl(&["fsck", "patch"]);
     assert!(fsck.status.success(), "{fsck:?}");
 }
+
+/// Chunk files of deleted files are removed by the background collector,
+/// without anything (status, fsck, destroy) asking for it.
+#[test]
+fn deleted_files_chunks_are_reaped_in_the_background() {
+    let d = Daemon::start();
+    let (_, v) = create(&d, "reap");
+    let chunk_files = || -> usize {
+        std::fs::read_dir(d.state.join("chunks"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != "tmp")
+            .map(|e| std::fs::read_dir(e.path()).unwrap().count())
+            .sum()
+    };
+    std::fs::write(v.join("a"), pattern(21, 3 << 20)).unwrap();
+    std::fs::write(v.join("b"), pattern(22, 100)).unwrap();
+    assert_eq!(chunk_files(), 4);
+    std::fs::remove_file(v.join("a")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while chunk_files() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} chunk files 10 s after the unlink, want 1",
+            chunk_files()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read(v.join("b")).unwrap(), pattern(22, 100));
+    assert_eq!(
+        std::fs::read_dir(d.state.join("chunks/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

@@ -298,7 +298,9 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
         budget: Budget::new(opts.config.native.dirty_limit_mb << 20),
         watch: Default::default(),
         stale: Default::default(),
+        reaper: Default::default(),
     });
+    crate::volume::native::file::start_reaper(&env).map_err(failed)?;
     let core = Arc::new(Core::new());
     let manager = Arc::new(Manager::new(
         core.clone(),

@@ -44,8 +44,11 @@ impl Service {
 
     fn daemon_status(&self) -> Result<DaemonStatus> {
         let vols = self.manager.volumes()?;
-        let (hot_chunks, hot_bytes) = self.manager.hot_usage()?;
         let env = self.manager.native_env();
+        // Settle what the background collector has not got to yet, so the
+        // hot tier's numbers reflect every unlink that has returned.
+        crate::volume::native::file::collect(env);
+        let (hot_chunks, hot_bytes) = self.manager.hot_usage()?;
         let fs = env.store.statfs()?;
         let (rss, rss_peak) = memory();
         Ok(DaemonStatus {

@@ -238,10 +238,16 @@ impl Catalog {
             )
         })?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
+            // EXCLUSIVE: the daemon is the catalog's only user (the state
+            // directory is locked), so SQLite can skip a pair of fcntl
+            // locks and the shared-memory index on every transaction.
+            "PRAGMA locking_mode=EXCLUSIVE;
+             PRAGMA journal_mode=WAL;
              PRAGMA synchronous=NORMAL;
              PRAGMA foreign_keys=ON;
-             PRAGMA busy_timeout=10000;",
+             PRAGMA busy_timeout=10000;
+             PRAGMA temp_store=MEMORY;
+             PRAGMA cache_size=-65536;",
         )
         .map_err(|e| {
             Error::new(

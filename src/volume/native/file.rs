@@ -57,6 +57,8 @@ pub struct Env {
     /// Chunks written but never committed whose removal found them pinned
     /// (a reader had them at that moment); later collections retry.
     pub stale: Mutex<std::collections::HashSet<Hash>>,
+    /// Wakes the background collector.
+    pub reaper: Arc<Reaper>,
 }
 
 /// Tells the offload engine about changes to files that change-vulnerable
@@ -707,7 +709,7 @@ impl Files {
         st.times_dirty = false;
         drop(keep);
         self.discard(stale);
-        collect(&self.env);
+        collect_soon(&self.env);
         Ok(())
     }
 
@@ -952,8 +954,13 @@ fn discard_one(env: &Env, h: Hash) {
     }
 }
 
+/// Chunks removed per catalog transaction by [`collect`].
+const COLLECT_BATCH: usize = 256;
+
 /// Removes chunks that nothing references any more, and retries stale
-/// uncommitted ones.
+/// uncommitted ones. Synchronous: management operations (destroy, start-up,
+/// fsck, status, token expiry) call it to settle the store; the file paths
+/// (unlink, rename over a file, commit) call [`collect_soon`] instead.
 pub fn collect(env: &Env) {
     let stale: Vec<Hash> = env.stale.lock().drain().collect();
     for h in stale {
@@ -966,14 +973,59 @@ pub fn collect(env: &Env) {
             return;
         }
     };
-    for h in free {
-        let r = env
-            .store
-            .remove_unpinned(&h, || meta::drop_chunk_if_free(&env.catalog.conn(), &h));
+    for batch in free.chunks(COLLECT_BATCH) {
+        let r = env.store.remove_unpinned_batch(batch, |hs| {
+            meta::drop_chunks_if_free(&mut env.catalog.conn(), hs)
+        });
         if let Err(e) = r {
-            tracing::warn!(chunk = %hex(&h), "collecting: {e}");
+            tracing::warn!("collecting unreferenced chunks: {e}");
         }
     }
+}
+
+/// Asks the reaper thread to collect unreferenced chunks. An unlink then
+/// costs one catalog transaction on the caller's path; the chunk rows and
+/// files go in batches in the background (as ext4 and XFS free the blocks
+/// of unlinked inodes lazily). Nothing is lost if the daemon dies first:
+/// start-up collects every unreferenced chunk.
+pub fn collect_soon(env: &Env) {
+    let mut p = env.reaper.pending.lock();
+    *p = true;
+    env.reaper.cv.notify_one();
+}
+
+/// The wake-up of the background collector (see [`collect_soon`]).
+#[derive(Default)]
+pub struct Reaper {
+    pending: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// Starts the reaper thread. It holds the environment weakly and ends
+/// once the daemon drops it.
+pub fn start_reaper(env: &Arc<Env>) -> Result<()> {
+    let weak = Arc::downgrade(env);
+    let r = env.reaper.clone();
+    std::thread::Builder::new()
+        .name("fsd-reaper".into())
+        .spawn(move || {
+            loop {
+                {
+                    let mut p = r.pending.lock();
+                    while !*p {
+                        if weak.strong_count() == 0 {
+                            return;
+                        }
+                        r.cv.wait_for(&mut p, Duration::from_secs(1));
+                    }
+                    *p = false;
+                }
+                let Some(env) = weak.upgrade() else { return };
+                collect(&env);
+            }
+        })
+        .map_err(|e| Error::io("starting the chunk reaper thread", e))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -342,6 +342,23 @@ pub fn drop_chunk_if_free(c: &Connection, h: &Hash) -> Result<bool> {
     )
 }
 
+/// Drops the rows of those of `hashes` that are still unreferenced, in one
+/// transaction; returns the ones dropped.
+pub fn drop_chunks_if_free(c: &mut Connection, hashes: &[Hash]) -> Result<Vec<Hash>> {
+    let tx = c.transaction()?;
+    let mut gone = Vec::new();
+    {
+        let mut st = tx.prepare_cached("DELETE FROM chunks WHERE hash = ?1 AND refs <= 0")?;
+        for h in hashes {
+            if st.execute([&h[..]])? > 0 {
+                gone.push(*h);
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(gone)
+}
+
 /// Every chunk the catalog knows.
 pub fn all_chunks(c: &Connection) -> Result<Vec<Hash>> {
     hashes(c, "SELECT hash FROM chunks")

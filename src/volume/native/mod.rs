@@ -153,7 +153,7 @@ impl Inner {
         if node.unlinked.load(Ordering::Acquire) {
             self.files.discard_inode(node);
             meta::delete(&self.env().catalog.conn(), node.ino)?;
-            file::collect(self.env());
+            file::collect_soon(self.env());
         }
         flushed
     }
@@ -684,7 +684,7 @@ impl VolumeFs for NativeVolume {
         }
         drop(dirs);
         drop(open);
-        file::collect(self.inner.env());
+        file::collect_soon(self.inner.env());
         Ok(())
     }
 
@@ -802,7 +802,7 @@ impl VolumeFs for NativeVolume {
         }
         drop(dirs);
         drop(open);
-        file::collect(self.inner.env());
+        file::collect_soon(self.inner.env());
         Ok(())
     }
 
