@@ -388,12 +388,7 @@ fn data_survives_restart_and_destroy_releases_chunks() {
     let after = d.json(&["status"]);
     assert_eq!(after["hot_chunks"], 0, "{after}");
     assert_eq!(after["hot_bytes"], 0, "{after}");
-    assert_eq!(
-        std::fs::read_dir(d.state.join("chunks/ab"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(chunk_files(&d.state), 0);
     assert_eq!(d.json(&["volumes"]), serde_json::json!([]));
 }
 
@@ -646,32 +641,27 @@ open(model_path, 'wb').write(model)
 fn deleted_files_chunks_are_reaped_in_the_background() {
     let d = Daemon::start();
     let (_, v) = create(&d, "reap");
-    let chunk_files = || -> usize {
-        std::fs::read_dir(d.state.join("chunks"))
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name() != "tmp")
-            .map(|e| std::fs::read_dir(e.path()).unwrap().count())
-            .sum()
-    };
+    let chunk_files = || chunk_files(&d.state);
     std::fs::write(v.join("a"), pattern(21, 3 << 20)).unwrap();
     std::fs::write(v.join("b"), pattern(22, 100)).unwrap();
     assert_eq!(chunk_files(), 4);
     std::fs::remove_file(v.join("a")).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while chunk_files() != 1 {
+    // The files leave their fan-out directories, then tmp (where they are
+    // renamed before the unlink).
+    let trash = || {
+        std::fs::read_dir(d.state.join("chunks/tmp"))
+            .unwrap()
+            .count()
+    };
+    while chunk_files() != 1 || trash() != 0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "{} chunk files 10 s after the unlink, want 1",
-            chunk_files()
+            "{} chunk files and {} in tmp 10 s after the unlink, want 1 and 0",
+            chunk_files(),
+            trash()
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(std::fs::read(v.join("b")).unwrap(), pattern(22, 100));
-    assert_eq!(
-        std::fs::read_dir(d.state.join("chunks/tmp"))
-            .unwrap()
-            .count(),
-        0
-    );
 }

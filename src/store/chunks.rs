@@ -97,6 +97,9 @@ pub struct ChunkStore {
     written: Condvar,
     /// Cleared once the filesystem refuses O_DIRECT (tmpfs does).
     direct: std::sync::atomic::AtomicBool,
+    /// Fan-out directories known to exist. They are made on first use, not
+    /// at start-up: 256 mkdirs are half of a cold daemon start.
+    made: [std::sync::atomic::AtomicBool; 256],
 }
 
 #[derive(Default)]
@@ -150,12 +153,6 @@ impl ChunkStore {
     pub fn open(dir: &Path) -> Result<Arc<Self>> {
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-        for i in 0..=255u8 {
-            let d = dir.join(format!("{i:02x}"));
-            if !d.is_dir() {
-                std::fs::create_dir(&d).ctx(|| format!("creating {}", d.display()))?;
-            }
-        }
         Ok(Arc::new(ChunkStore {
             dir: dir.to_path_buf(),
             tmp,
@@ -165,6 +162,7 @@ impl ChunkStore {
             pins: Mutex::new(HashMap::new()),
             written: Condvar::new(),
             direct: std::sync::atomic::AtomicBool::new(true),
+            made: std::array::from_fn(|_| std::sync::atomic::AtomicBool::new(false)),
         }))
     }
 
@@ -231,7 +229,9 @@ impl ChunkStore {
             }
             pins.entry(*hash).or_default().writing = true;
         }
-        let result = self.write_file(&path, data);
+        let result = self
+            .make_fanout(hash)
+            .and_then(|()| self.write_file(&path, data));
         if result.is_err() {
             let _ = std::fs::remove_file(&path);
         }
@@ -243,6 +243,22 @@ impl ChunkStore {
             self.written.notify_all();
         }
         result.map_err(|e| Error::io(format!("writing chunk {}", hex(hash)), e))
+    }
+
+    /// Makes the fan-out directory of `hash` unless it is known to exist.
+    fn make_fanout(&self, hash: &Hash) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        let flag = &self.made[hash[0] as usize];
+        if flag.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match std::fs::create_dir(self.dir.join(format!("{:02x}", hash[0]))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        flag.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Writes a chunk file. Whole, page-aligned chunks go out with O_DIRECT:

@@ -422,3 +422,15 @@ pub fn assert_same_tree(got: &[Entry], want: &[Entry], what: &str, cmp: Cmp) {
         }
     }
 }
+
+/// Number of chunk files in a state directory's chunk store (fan-out
+/// directories are made on first use, so a missing one holds none).
+#[allow(dead_code)]
+pub fn chunk_files(state: &Path) -> usize {
+    std::fs::read_dir(state.join("chunks"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != "tmp")
+        .map(|e| std::fs::read_dir(e.path()).unwrap().count())
+        .sum()
+}
