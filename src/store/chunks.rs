@@ -481,13 +481,15 @@ impl ChunkStore {
     /// unlinks, which free blocks and may discard them, happen after the
     /// lock is released, so readers and writers that pin chunks do not wait
     /// for them. A crash in between leaves files in tmp, which start-up
-    /// clears. Returns how many were removed.
+    /// clears. Returns how many `also` released (a file already missing
+    /// counts as removed).
     pub fn remove_unpinned_batch(
         &self,
         hashes: &[Hash],
         also: impl FnOnce(&[Hash]) -> Result<Vec<Hash>>,
     ) -> Result<usize> {
         let mut doomed = Vec::new();
+        let released;
         {
             let pins = self.pins.lock();
             let free: Vec<Hash> = hashes
@@ -499,6 +501,7 @@ impl ChunkStore {
                 return Ok(0);
             }
             let gone = also(&free)?;
+            released = gone.len();
             let mut open = self.open.lock();
             for h in &gone {
                 open.pop(h);
@@ -515,35 +518,24 @@ impl ChunkStore {
                 }
             }
         }
-        let n = doomed.len();
         for t in doomed {
             if let Err(e) = std::fs::remove_file(&t) {
                 tracing::warn!("removing {}: {e}", t.display());
             }
         }
-        Ok(n)
+        Ok(released)
     }
 
     /// Removes a chunk file unless it is pinned. Returns whether it was
     /// removed. The caller has already dropped the catalog row, or is
     /// cleaning up files no row references.
+    /// `also` runs under the pin lock, so no writer can pin the hash
+    /// between the catalog deciding the chunk is free and the removal.
     pub fn remove_unpinned(&self, h: &Hash, also: impl FnOnce() -> Result<bool>) -> Result<bool> {
-        let pins = self.pins.lock();
-        if pins.contains_key(h) {
-            return Ok(false);
-        }
-
-        // `also` runs under the pin lock, so no writer can pin the hash
-        // between the catalog deciding the chunk is free and the unlink.
-        if !also()? {
-            return Ok(false);
-        }
-        self.open.lock().pop(h);
-        match std::fs::remove_file(self.path(h)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-            Err(e) => Err(Error::io(format!("removing chunk {}", hex(h)), e)),
-        }
+        let n = self.remove_unpinned_batch(std::slice::from_ref(h), |_| {
+            Ok(if also()? { vec![*h] } else { Vec::new() })
+        })?;
+        Ok(n == 1)
     }
 
     /// Every chunk file in the store.

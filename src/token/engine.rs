@@ -324,10 +324,6 @@ impl Offload {
                     if let Err(e) = me.expire_due() {
                         tracing::warn!("token expiry: {e}");
                     }
-                    // Also the store's housekeeping: collect chunks whose
-                    // removal a reader's pin delayed (one indexed query when
-                    // there are none).
-                    crate::volume::native::file::collect(&me.env);
                 }
             });
     }

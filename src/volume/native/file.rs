@@ -418,25 +418,29 @@ impl Files {
             }
         };
         self.env.budget.add(added);
-        if p.pages() > patch::MAX_PAGES {
-            let buf = self.materialize(st, idx, p)?;
+        // Dense enough for a full buffer. If the sealed chunk cannot be
+        // read now, the patch stays and sealing reports the error.
+        if p.pages() > patch::MAX_PAGES
+            && let Ok(buf) = self.materialize(st, idx, &p)
+        {
             st.dirty.insert(idx, buf);
-        } else {
-            st.patches.insert(idx, p);
+            return Ok(());
         }
+        st.patches.insert(idx, p);
         Ok(())
     }
 
     /// Merges a patch with its sealed chunk into a full buffer, moving its
-    /// budget from pages to one chunk. On error the patch's writes are lost
-    /// and the error is returned (the caller rolls back).
-    fn materialize(&self, st: &State, idx: u64, p: Patch) -> Result<ChunkBuf> {
-        self.env.budget.sub(p.bytes());
+    /// budget from pages to one chunk. On error nothing changes: the caller
+    /// keeps the patch, so its writes are rolled back with the rest of the
+    /// file's uncommitted state, never dropped on their own.
+    fn materialize(&self, st: &State, idx: u64, p: &Patch) -> Result<ChunkBuf> {
         let mut buf = self.load_chunk(st, idx)?;
         if buf.len() < p.chunk_len() {
             buf.resize(p.chunk_len());
         }
         p.apply(&mut buf);
+        self.env.budget.sub(p.bytes());
         self.env.budget.add(LEAF64);
         Ok(buf)
     }
@@ -452,9 +456,12 @@ impl Files {
             while st.sealing.len() >= SEAL_QUEUE {
                 node.cv.wait(st);
             }
-            match self.materialize(st, idx, p) {
+            match self.materialize(st, idx, &p) {
                 Ok(buf) => self.submit(node, st, idx, buf),
                 Err(e) => {
+                    // Kept, like a chunk whose sealing failed: the error
+                    // goes to the writer and the commit rolls back.
+                    st.patches.insert(idx, p);
                     if st.error.is_none() {
                         st.error = Some(e);
                     }
@@ -1001,8 +1008,10 @@ pub struct Reaper {
     cv: Condvar,
 }
 
-/// Starts the reaper thread. It holds the environment weakly and ends
-/// once the daemon drops it.
+/// Starts the reaper thread. It collects when woken and at least once a
+/// second, which also retries chunks whose removal a reader's pin delayed
+/// (one indexed query when there is nothing to do). It holds the
+/// environment weakly and ends once the daemon drops it.
 pub fn start_reaper(env: &Arc<Env>) -> Result<()> {
     let weak = Arc::downgrade(env);
     let r = env.reaper.clone();
@@ -1012,10 +1021,7 @@ pub fn start_reaper(env: &Arc<Env>) -> Result<()> {
             loop {
                 {
                     let mut p = r.pending.lock();
-                    while !*p {
-                        if weak.strong_count() == 0 {
-                            return;
-                        }
+                    if !*p {
                         r.cv.wait_for(&mut p, Duration::from_secs(1));
                     }
                     *p = false;
