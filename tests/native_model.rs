@@ -121,6 +121,16 @@ enum Op {
     Fsync {
         slot: usize,
     },
+    /// copy_file_range(2) between two open descriptors (perhaps the same
+    /// file): the offload engine's path, whole chunks taken over as
+    /// buffers or shared, the rest copied.
+    CopyRange {
+        from: usize,
+        to: usize,
+        off_in: u64,
+        off_out: u64,
+        len: usize,
+    },
     Fstat {
         slot: usize,
     },
@@ -451,6 +461,24 @@ impl Side {
                         buf.as_ptr().cast(),
                         buf.len(),
                         *off as i64,
+                    ))?;
+                    Ok(Out::Num(n as i64))
+                }
+                Op::CopyRange {
+                    from,
+                    to,
+                    off_in,
+                    off_out,
+                    len,
+                } => {
+                    let (mut i, mut o) = (*off_in as i64, *off_out as i64);
+                    let n = check_size(libc::copy_file_range(
+                        self.fd(*from)?,
+                        &mut i,
+                        self.fd(*to)?,
+                        &mut o,
+                        *len,
+                        0,
                     ))?;
                     Ok(Out::Num(n as i64))
                 }
@@ -1007,7 +1035,18 @@ impl Gen {
                 len: self.len(),
                 fill: self.fill(),
             },
-            350..430 => Op::Pread {
+            350..380 => Op::CopyRange {
+                from: if !open.is_empty() && self.rng.chance(85) {
+                    *self.rng.pick(open)
+                } else {
+                    self.slot()
+                },
+                to: slot,
+                off_in: self.off(size),
+                off_out: self.off(size),
+                len: self.len(),
+            },
+            380..430 => Op::Pread {
                 slot,
                 off: self.off(size),
                 len: self.len(),

@@ -5,10 +5,12 @@
 //! chunk is whole (or is the source's last chunk and becomes the
 //! destination's last), the destination takes the chunk by reference: no
 //! data is read or written, only catalog rows. Everything else is copied
-//! through a buffer, one destination chunk at a time.
+//! one destination chunk at a time; a whole destination chunk is read by
+//! the source straight into the chunk buffer the destination then keeps.
 
 use super::ops::{OpenFile, Shared};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::buf::ChunkBuf;
 use crate::store::treehash::LEAF;
 
 const LEAF64: u64 = LEAF as u64;
@@ -17,6 +19,15 @@ const LEAF64: u64 = LEAF as u64;
 pub trait Source {
     /// Reads up to `len` bytes at `off` into `out` (replacing its content).
     fn read(&self, off: u64, len: u32, out: &mut Vec<u8>) -> Result<()>;
+    /// Reads up to `buf.len()` bytes at `off` in place; returns how many.
+    /// By default through `scratch` and one copy.
+    fn read_into(&self, off: u64, buf: &mut [u8], scratch: &mut Vec<u8>) -> Result<usize> {
+        let want = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        self.read(off, want, scratch)?;
+        let n = scratch.len().min(buf.len());
+        buf[..n].copy_from_slice(&scratch[..n]);
+        Ok(n)
+    }
     /// The whole chunk at chunk-aligned `off`, if the source can lend it.
     fn extent_at(&self, off: u64) -> Result<Option<Shared>>;
 }
@@ -27,6 +38,9 @@ pub struct Live<'a>(pub &'a dyn OpenFile);
 impl Source for Live<'_> {
     fn read(&self, off: u64, len: u32, out: &mut Vec<u8>) -> Result<()> {
         self.0.read(off, len, out)
+    }
+    fn read_into(&self, off: u64, buf: &mut [u8], scratch: &mut Vec<u8>) -> Result<usize> {
+        self.0.read_into(off, buf, scratch)
     }
     fn extent_at(&self, off: u64) -> Result<Option<Shared>> {
         self.0.extent_at(off)
@@ -72,6 +86,26 @@ pub fn transfer(
             }
         }
         let n = remain.min(LEAF64 - d % LEAF64) as u32;
+        if u64::from(n) == LEAF64 {
+            // A whole destination chunk: the source fills a chunk buffer
+            // in place and the destination keeps that buffer, so the bytes
+            // are copied once (out of the source) instead of twice.
+            let mut chunk = ChunkBuf::new();
+            let got = src.read_into(s, chunk.spare(), &mut buf)?;
+            if got == 0 {
+                break;
+            }
+            chunk.set_len(got);
+            let wrote = dst.write_chunk(d, chunk)?;
+            if wrote as usize != got {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!("short write of {wrote} of {got} bytes at offset {d}"),
+                ));
+            }
+            moved.bytes += got as u64;
+            continue;
+        }
         src.read(s, n, &mut buf)?;
         if buf.is_empty() {
             break;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::types::{Attr, Ctx, OpenFlags, OpenOpts, SetAttr, StatFs};
 use crate::error::{ErrorKind, Result, err};
+use crate::store::buf::ChunkBuf;
 
 /// The local inode number of every volume's root directory.
 pub const VOLUME_ROOT: u64 = 1;
@@ -42,8 +43,26 @@ pub trait OpenFile: Send + Sync {
     /// reads, so a read allocates nothing.
     fn read(&self, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()>;
 
+    /// Reads up to `buf.len()` bytes at `offset` straight into `buf`;
+    /// returns how many (short only at end of file). For copies inside the
+    /// daemon, which fill a chunk buffer in place; kinds that cannot read
+    /// in place go through `scratch` and one copy.
+    fn read_into(&self, offset: u64, buf: &mut [u8], scratch: &mut Vec<u8>) -> Result<usize> {
+        let want = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        self.read(offset, want, scratch)?;
+        let n = scratch.len().min(buf.len());
+        buf[..n].copy_from_slice(&scratch[..n]);
+        Ok(n)
+    }
+
     fn write(&self, _offset: u64, _data: &[u8]) -> Result<u32> {
         err(ErrorKind::ReadOnly)
+    }
+
+    /// Writes a buffer the caller gives up, so a kind that keeps chunk
+    /// buffers (native files) can take it whole instead of copying it.
+    fn write_chunk(&self, offset: u64, data: ChunkBuf) -> Result<u32> {
+        self.write(offset, &data)
     }
 
     /// Called on every close(2) of a descriptor (FUSE flush).

@@ -181,29 +181,48 @@ struct Snapshot {
     size: u64,
 }
 
-impl Source for Snapshot {
-    fn read(&self, off: u64, len: u32, out: &mut Vec<u8>) -> Result<()> {
-        out.clear();
+impl Snapshot {
+    /// Fills `out` from `off` (as much of it as the snapshot holds; holes
+    /// and the part of a chunk past its length read as zeros). Returns the
+    /// bytes filled.
+    fn fill(&self, off: u64, out: &mut [u8]) -> Result<usize> {
         if off >= self.size {
-            return Ok(());
+            return Ok(0);
         }
-        let end = (off + u64::from(len)).min(self.size);
-        out.resize((end - off) as usize, 0);
+        let end = (off + out.len() as u64).min(self.size);
+        let out = &mut out[..(end - off) as usize];
         let mut pos = off;
         while pos < end {
             let idx = pos / LEAF64;
             let a = (pos - idx * LEAF64) as usize;
             let b = ((end - idx * LEAF64).min(LEAF64)) as usize;
-            if let Some((h, l)) = self.chunks.get(&idx) {
-                let stop = b.min(*l as usize);
-                if stop > a {
-                    let at = (pos - off) as usize;
-                    self.store.read(h, a, &mut out[at..at + stop - a])?;
+            let at = (pos - off) as usize;
+            let piece = &mut out[at..at + b - a];
+            let stored = match self.chunks.get(&idx) {
+                Some((h, l)) => {
+                    let stop = b.min(*l as usize).max(a);
+                    self.store.read(h, a, &mut piece[..stop - a])?;
+                    stop - a
                 }
-            }
+                None => 0,
+            };
+            piece[stored..].fill(0);
             pos = idx * LEAF64 + b as u64;
         }
+        Ok(out.len())
+    }
+}
+
+impl Source for Snapshot {
+    fn read(&self, off: u64, len: u32, out: &mut Vec<u8>) -> Result<()> {
+        let n = u64::from(len).min(self.size.saturating_sub(off)) as usize;
+        crate::fs::ops::len_for_overwrite(out, n);
+        self.fill(off, out)?;
         Ok(())
+    }
+
+    fn read_into(&self, off: u64, buf: &mut [u8], _scratch: &mut Vec<u8>) -> Result<usize> {
+        self.fill(off, buf)
     }
 
     fn extent_at(&self, off: u64) -> Result<Option<Shared>> {

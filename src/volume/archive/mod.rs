@@ -363,6 +363,29 @@ impl OpenFile for ArchiveFile {
         self.inner.read(self.node, offset, size, out)
     }
 
+    fn read_into(&self, offset: u64, buf: &mut [u8], scratch: &mut Vec<u8>) -> Result<usize> {
+        let n = &self.inner.index.nodes[self.node as usize];
+        match &n.data {
+            // A stored member is a plain range of the medium: read it in
+            // place. Other layouts go through `read`.
+            Data::Stored { offset: at } => {
+                let len = (n.size.saturating_sub(offset)).min(buf.len() as u64) as usize;
+                if len > 0 {
+                    self.inner
+                        .read_medium(&mut buf[..len], at + offset, self.node)?;
+                }
+                Ok(len)
+            }
+            _ => {
+                let want = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+                self.inner.read(self.node, offset, want, scratch)?;
+                let len = scratch.len().min(buf.len());
+                buf[..len].copy_from_slice(&scratch[..len]);
+                Ok(len)
+            }
+        }
+    }
+
     fn ino(&self) -> u64 {
         ino_of(self.node)
     }

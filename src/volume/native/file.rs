@@ -569,15 +569,56 @@ impl Files {
                 }
                 pos += n as u64;
             }
-            st.size = st.size.max(end);
-            let t = now();
-            st.mtime = t;
-            st.ctime = t;
-            st.times_dirty = true;
+            Self::grown(&mut st, end);
         }
         self.env.watch.changed(node.ino, off, data.len() as u64);
         self.relieve(node);
         Ok(data.len() as u32)
+    }
+
+    /// Writes a whole chunk at a chunk boundary by taking `data` as the
+    /// chunk's buffer: no copy, and it goes to the sealer at once. Anything
+    /// else (a short or unaligned buffer) is an ordinary write.
+    pub fn write_chunk(&self, node: &Arc<Inode>, off: u64, data: ChunkBuf) -> Result<u32> {
+        if !off.is_multiple_of(LEAF64) || data.len() != LEAF {
+            return self.write(node, off, &data);
+        }
+        let end = off
+            .checked_add(LEAF64)
+            .filter(|&e| e <= MAX_FILE)
+            .ok_or_else(|| Error::kind_only(ErrorKind::TooBig))?;
+        let idx = off / LEAF64;
+        {
+            let mut st = node.st.lock();
+            if let Some(e) = st.error.take() {
+                return Err(e);
+            }
+            while st.sealing.contains_key(&idx) {
+                node.cv.wait(&mut st);
+            }
+            // Whatever was pending for this chunk is replaced whole.
+            if st.dirty.remove(&idx).is_some() {
+                self.env.budget.sub(LEAF64);
+            }
+            if let Some(p) = st.patches.remove(&idx) {
+                self.env.budget.sub(p.bytes());
+            }
+            self.env.budget.add(LEAF64);
+            self.submit(node, &mut st, idx, data);
+            Self::grown(&mut st, end);
+        }
+        self.env.watch.changed(node.ino, off, LEAF64);
+        self.relieve(node);
+        Ok(LEAF as u32)
+    }
+
+    /// Records a write that ended at `end`: size and times.
+    fn grown(st: &mut State, end: u64) {
+        st.size = st.size.max(end);
+        let t = now();
+        st.mtime = t;
+        st.ctime = t;
+        st.times_dirty = true;
     }
 
     /// If write buffers across the daemon exceed the budget, seals this
@@ -1010,7 +1051,8 @@ pub struct Reaper {
 
 /// Starts the reaper thread. It collects when woken and at least once a
 /// second, which also retries chunks whose removal a reader's pin delayed
-/// (one indexed query when there is nothing to do). It holds the
+/// (one indexed query when there is nothing to do), and returns chunk
+/// buffers that sat idle in the pool to the kernel. It holds the
 /// environment weakly and ends once the daemon drops it.
 pub fn start_reaper(env: &Arc<Env>) -> Result<()> {
     let weak = Arc::downgrade(env);
@@ -1028,6 +1070,7 @@ pub fn start_reaper(env: &Arc<Env>) -> Result<()> {
                 }
                 let Some(env) = weak.upgrade() else { return };
                 collect(&env);
+                crate::store::buf::trim();
             }
         })
         .map_err(|e| Error::io("starting the chunk reaper thread", e))?;

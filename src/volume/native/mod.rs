@@ -28,6 +28,7 @@ use self::meta::Row;
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::{DirEntry, OpenFile, Shared, VOLUME_ROOT, VolumeFs};
 use crate::fs::types::{Attr, Ctx, FileKind, OpenFlags, SetAttr, StatFs, TimeSet, Timespec};
+use crate::store::buf::ChunkBuf;
 use crate::store::treehash::LEAF;
 
 /// The virtual xattr with a regular file's Glacier tree hash.
@@ -294,6 +295,13 @@ impl OpenFile for NativeFile {
             return err(ErrorKind::Invalid);
         }
         self.vol.files.write(&self.node, offset, data)
+    }
+
+    fn write_chunk(&self, offset: u64, data: ChunkBuf) -> Result<u32> {
+        if !self.writable {
+            return err(ErrorKind::Invalid);
+        }
+        self.vol.files.write_chunk(&self.node, offset, data)
     }
 
     fn flush(&self) -> Result<()> {
