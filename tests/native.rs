@@ -639,29 +639,53 @@ open(model_path, 'wb').write(model)
 /// without anything (status, fsck, destroy) asking for it.
 #[test]
 fn deleted_files_chunks_are_reaped_in_the_background() {
-    let d = Daemon::start();
-    let (_, v) = create(&d, "reap");
-    let chunk_files = || chunk_files(&d.state);
+    let mut d = Daemon::start();
+    let (id, v) = create(&d, "reap");
+    let state = d.state.clone();
+    let chunk_files = || chunk_files(&state);
     std::fs::write(v.join("a"), pattern(21, 3 << 20)).unwrap();
     std::fs::write(v.join("b"), pattern(22, 100)).unwrap();
     assert_eq!(chunk_files(), 4);
     std::fs::remove_file(v.join("a")).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    // The files leave their fan-out directories, then tmp (where they are
-    // renamed before the unlink).
-    let trash = || {
-        std::fs::read_dir(d.state.join("chunks/tmp"))
-            .unwrap()
-            .count()
-    };
-    while chunk_files() != 1 || trash() != 0 {
+    // The files leave their chunk names and are kept, emptied, as spares.
+    let spares = || spare_sizes(&state);
+    while chunk_files() != 1 || spares() != [0, 0, 0] {
         assert!(
             std::time::Instant::now() < deadline,
-            "{} chunk files and {} in tmp 10 s after the unlink, want 1 and 0",
+            "{} chunk files and spares of {:?} bytes 10 s after the unlink, want 1 and 3 empty",
             chunk_files(),
-            trash()
+            spares()
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(std::fs::read(v.join("b")).unwrap(), pattern(22, 100));
+    let st = d.json(&["status"]);
+    assert_eq!(st["hot_chunks"], 1, "{st}");
+    // New chunks take the spares over where their directories match; the
+    // data is exactly what was written, and fsck agrees.
+    let want: Vec<Vec<u8>> = (0..4).map(|i| pattern(30 + i, 1 << 20)).collect();
+    for (i, w) in want.iter().enumerate() {
+        std::fs::write(v.join(format!("n{i}")), w).unwrap();
+    }
+    for (i, w) in want.iter().enumerate() {
+        assert_eq!(&std::fs::read(v.join(format!("n{i}"))).unwrap(), w);
+    }
+    assert_eq!(chunk_files(), 5);
+    let fsck = d.tokenctl(&["fsck", "reap"]);
+    assert!(fsck.status.success(), "{fsck:?}");
+    d.restart();
+    let v = d.vol(&id);
+    for (i, w) in want.iter().enumerate() {
+        assert_eq!(
+            &std::fs::read(v.join(format!("n{i}"))).unwrap(),
+            w,
+            "after restart"
+        );
+    }
+    assert!(
+        spares().iter().all(|&n| n == 0),
+        "spares stay empty: {:?}",
+        spares()
+    );
 }

@@ -1,4 +1,5 @@
 pub mod buf;
 pub mod catalog;
 pub mod chunks;
+pub mod spares;
 pub mod treehash;

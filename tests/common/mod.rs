@@ -427,12 +427,28 @@ pub fn assert_same_tree(got: &[Entry], want: &[Entry], what: &str, cmp: Cmp) {
 /// directories are made on first use, so a missing one holds none).
 #[allow(dead_code)]
 pub fn chunk_files(state: &Path) -> usize {
+    fanout_entries(state)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .count()
+}
+
+/// The sizes of the spare files (emptied chunk files kept for reuse) in
+/// the chunk store of `state`.
+#[allow(dead_code)]
+pub fn spare_sizes(state: &Path) -> Vec<u64> {
+    fanout_entries(state)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".spare-"))
+        .map(|e| e.metadata().unwrap().len())
+        .collect()
+}
+
+/// Every entry of the chunk store's fan-out directories.
+fn fanout_entries(state: &Path) -> impl Iterator<Item = std::fs::DirEntry> {
     std::fs::read_dir(state.join("chunks"))
         .unwrap()
         .flatten()
         .filter(|e| e.file_name() != "tmp")
-        .map(|e| std::fs::read_dir(e.path()).unwrap().count())
-        .sum()
+        .flat_map(|e| std::fs::read_dir(e.path()).unwrap().flatten())
 }
 
 /// A deterministic generator (splitmix64) for the randomized real-mount
