@@ -667,8 +667,23 @@ impl ChunkStore {
 
     /// Lists the chunk files, and hands every spare file found to `spare`.
     fn scan(&self, mut spare: impl FnMut(u8, u64)) -> Result<Vec<Hash>> {
+        use std::sync::atomic::Ordering;
+        // One listing of the store finds the fan-out directories that
+        // exist (few, in a new store), instead of 256 failed opens.
+        let top = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::io(format!("listing {}", self.dir.display()), e))?;
+        let mut fans: Vec<u8> = top
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name();
+                let n = n.to_str()?;
+                (n.len() == 2).then(|| u8::from_str_radix(n, 16).ok())?
+            })
+            .collect();
+        fans.sort_unstable();
         let mut out = Vec::new();
-        for i in 0..=255u8 {
+        for i in fans {
+            self.made[i as usize].store(true, Ordering::Relaxed);
             let d = self.dir.join(format!("{i:02x}"));
             let rd = match std::fs::read_dir(&d) {
                 Ok(rd) => rd,
