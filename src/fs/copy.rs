@@ -22,11 +22,7 @@ pub trait Source {
     /// Reads up to `buf.len()` bytes at `off` in place; returns how many.
     /// By default through `scratch` and one copy.
     fn read_into(&self, off: u64, buf: &mut [u8], scratch: &mut Vec<u8>) -> Result<usize> {
-        let want = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        self.read(off, want, scratch)?;
-        let n = scratch.len().min(buf.len());
-        buf[..n].copy_from_slice(&scratch[..n]);
-        Ok(n)
+        super::ops::read_through(buf, scratch, |n, v| self.read(off, n, v))
     }
     /// The whole chunk at chunk-aligned `off`, if the source can lend it.
     fn extent_at(&self, off: u64) -> Result<Option<Shared>>;

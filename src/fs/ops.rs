@@ -35,6 +35,20 @@ pub fn len_for_overwrite(buf: &mut Vec<u8>, n: usize) {
     }
 }
 
+/// An in-place read (`read_into`) done through a reader that fills a
+/// `Vec`: reads up to `buf.len()` bytes with `read` into `scratch`, then
+/// copies them into `buf`. Returns how many bytes `buf` received.
+pub fn read_through(
+    buf: &mut [u8],
+    scratch: &mut Vec<u8>,
+    read: impl FnOnce(u32, &mut Vec<u8>) -> Result<()>,
+) -> Result<usize> {
+    read(u32::try_from(buf.len()).unwrap_or(u32::MAX), scratch)?;
+    let n = scratch.len().min(buf.len());
+    buf[..n].copy_from_slice(&scratch[..n]);
+    Ok(n)
+}
+
 /// An open regular file. Reads and writes go through it so that per-open
 /// state (write buffers, decompression cursors) lives with the handle.
 pub trait OpenFile: Send + Sync {
@@ -48,11 +62,7 @@ pub trait OpenFile: Send + Sync {
     /// daemon, which fill a chunk buffer in place; kinds that cannot read
     /// in place go through `scratch` and one copy.
     fn read_into(&self, offset: u64, buf: &mut [u8], scratch: &mut Vec<u8>) -> Result<usize> {
-        let want = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        self.read(offset, want, scratch)?;
-        let n = scratch.len().min(buf.len());
-        buf[..n].copy_from_slice(&scratch[..n]);
-        Ok(n)
+        read_through(buf, scratch, |n, v| self.read(offset, n, v))
     }
 
     fn write(&self, _offset: u64, _data: &[u8]) -> Result<u32> {

@@ -376,13 +376,9 @@ impl OpenFile for ArchiveFile {
                 }
                 Ok(len)
             }
-            _ => {
-                let want = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-                self.inner.read(self.node, offset, want, scratch)?;
-                let len = scratch.len().min(buf.len());
-                buf[..len].copy_from_slice(&scratch[..len]);
-                Ok(len)
-            }
+            _ => crate::fs::ops::read_through(buf, scratch, |want, v| {
+                self.inner.read(self.node, offset, want, v)
+            }),
         }
     }
 

@@ -589,13 +589,7 @@ impl Files {
             .ok_or_else(|| Error::kind_only(ErrorKind::TooBig))?;
         let idx = off / LEAF64;
         {
-            let mut st = node.st.lock();
-            if let Some(e) = st.error.take() {
-                return Err(e);
-            }
-            while st.sealing.contains_key(&idx) {
-                node.cv.wait(&mut st);
-            }
+            let mut st = Self::lock_settled(node, idx)?;
             // Whatever was pending for this chunk is replaced whole.
             if st.dirty.remove(&idx).is_some() {
                 self.env.budget.sub(LEAF64);
@@ -610,6 +604,19 @@ impl Files {
         self.env.watch.changed(node.ino, off, LEAF64);
         self.relieve(node);
         Ok(LEAF as u32)
+    }
+
+    /// Locks the file's state once chunk `idx` is not being sealed; first
+    /// reports (and clears) an error an earlier sealing left.
+    fn lock_settled(node: &Inode, idx: u64) -> Result<MutexGuard<'_, State>> {
+        let mut st = node.st.lock();
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        while st.sealing.contains_key(&idx) {
+            node.cv.wait(&mut st);
+        }
+        Ok(st)
     }
 
     /// Records a write that ended at `end`: size and times.
@@ -932,13 +939,7 @@ impl Files {
             ));
         }
         let idx = off / LEAF64;
-        let mut st = node.st.lock();
-        if let Some(e) = st.error.take() {
-            return Err(e);
-        }
-        while st.sealing.contains_key(&idx) {
-            node.cv.wait(&mut st);
-        }
+        let mut st = Self::lock_settled(node, idx)?;
         if len < LEAF64 && st.size > off + len {
             return Err(Error::new(
                 ErrorKind::Invalid,
