@@ -303,9 +303,9 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
     // Keep enough chunk buffers for a full write budget plus the sealer
     // queue, so a long copy reuses memory instead of faulting in fresh
     // pages; the reaper returns idle ones.
-    crate::store::buf::set_limit(
-        (opts.config.native.dirty_limit_mb as usize) + opts.config.native.seal_threads * 2,
-    );
+    let budget_chunks =
+        (opts.config.native.dirty_limit_mb << 20) as usize / crate::store::treehash::LEAF;
+    crate::store::buf::set_limit(budget_chunks + opts.config.native.seal_threads * 2);
     crate::volume::native::file::start_reaper(&env).map_err(failed)?;
     let core = Arc::new(Core::new());
     let manager = Arc::new(Manager::new(

@@ -9,7 +9,7 @@
 //! the source straight into the chunk buffer the destination then keeps.
 
 use super::ops::{OpenFile, Shared};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::store::buf::ChunkBuf;
 use crate::store::treehash::LEAF;
 
@@ -92,13 +92,7 @@ pub fn transfer(
                 break;
             }
             chunk.set_len(got);
-            let wrote = dst.write_chunk(d, chunk)?;
-            if wrote as usize != got {
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!("short write of {wrote} of {got} bytes at offset {d}"),
-                ));
-            }
+            dst.write_chunk(d, chunk)?;
             moved.bytes += got as u64;
             continue;
         }
@@ -106,10 +100,7 @@ pub fn transfer(
         if buf.is_empty() {
             break;
         }
-        let mut done = 0;
-        while done < buf.len() {
-            done += dst.write(d + done as u64, &buf[done..])? as usize;
-        }
+        dst.write_all(d, &buf)?;
         moved.bytes += buf.len() as u64;
     }
     Ok(moved)

@@ -69,10 +69,23 @@ pub trait OpenFile: Send + Sync {
         err(ErrorKind::ReadOnly)
     }
 
-    /// Writes a buffer the caller gives up, so a kind that keeps chunk
-    /// buffers (native files) can take it whole instead of copying it.
-    fn write_chunk(&self, offset: u64, data: ChunkBuf) -> Result<u32> {
-        self.write(offset, &data)
+    /// Writes all of `data` at `offset`, however many calls to `write`
+    /// that takes.
+    fn write_all(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let mut done = 0;
+        while done < data.len() {
+            match self.write(offset + done as u64, &data[done..])? {
+                0 => return err(ErrorKind::Io),
+                n => done += n as usize,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of a buffer the caller gives up, so a kind that keeps
+    /// chunk buffers (native files) can take it whole instead of copying it.
+    fn write_chunk(&self, offset: u64, data: ChunkBuf) -> Result<()> {
+        self.write_all(offset, &data)
     }
 
     /// Called on every close(2) of a descriptor (FUSE flush).

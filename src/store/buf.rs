@@ -112,11 +112,6 @@ pub fn trim() -> usize {
     n
 }
 
-/// Free buffers in the pool now.
-pub fn pooled() -> usize {
-    POOL.lock().free.len()
-}
-
 struct Raw(NonNull<u8>);
 
 // SAFETY: `Raw` owns its mapping exclusively; moving it between threads

@@ -94,17 +94,21 @@ impl ChunkFile {
     }
 }
 
-/// A chunk file's tail: `pad` zeros, the CRC table and the footer.
-fn tail_of(len: usize, crcs: &[u32], pad: usize) -> Vec<u8> {
-    let mut tail = vec![0u8; pad];
-    tail.reserve(crcs.len() * 4 + FOOTER);
-    for c in crcs {
-        tail.extend_from_slice(&c.to_le_bytes());
+/// The length of a chunk file's tail (CRC table and footer).
+fn tail_len(crcs: &[u32]) -> usize {
+    crcs.len() * 4 + FOOTER
+}
+
+/// Writes a chunk file's tail (the CRC table and the footer for `len`
+/// bytes of data) into `out`, which is `tail_len(crcs)` bytes long.
+fn put_tail(out: &mut [u8], len: usize, crcs: &[u32]) {
+    let (table, footer) = out.split_at_mut(crcs.len() * 4);
+    for (slot, c) in table.chunks_exact_mut(4).zip(crcs) {
+        slot.copy_from_slice(&c.to_le_bytes());
     }
-    tail.extend_from_slice(MAGIC);
-    tail.extend_from_slice(&(len as u32).to_le_bytes());
-    tail.extend_from_slice(&(crcs.len() as u32).to_le_bytes());
-    tail
+    footer[..8].copy_from_slice(MAGIC);
+    footer[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    footer[12..16].copy_from_slice(&(crcs.len() as u32).to_le_bytes());
 }
 
 /// One page-aligned 4 KiB block, for the tail of an O_DIRECT chunk write.
@@ -352,10 +356,8 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Writes a chunk file. Whole, page-aligned chunks go out with O_DIRECT:
-    /// no copy into the page cache (on a VM, fresh page-cache pages are as
-    /// costly as the SHA-256) and the data is on its way to disk before any
-    /// fsync asks for it. The small tail (CRCs, footer) is written buffered.
+    /// Writes a chunk file: whole, page-aligned chunks with O_DIRECT (see
+    /// `write_direct`), the rest buffered and without padding.
     fn write_file(&self, path: &Path, data: &[u8], reused: bool) -> std::io::Result<()> {
         use std::sync::atomic::Ordering;
         let crcs = crcs_of(data);
@@ -381,7 +383,9 @@ impl ChunkStore {
         }
         let mut f = open_chunk_file(path, reused, 0)?;
         f.write_all(data)?;
-        f.write_all(&tail_of(data.len(), &crcs, 0))?;
+        let mut tail = vec![0u8; tail_len(&crcs)];
+        put_tail(&mut tail, data.len(), &crcs);
+        f.write_all(&tail)?;
         // Start writeback of a large chunk now, so an fsync later finds the
         // data on its way to disk instead of starting from zero. A small
         // chunk is left to the flusher: starting I/O for a few KiB costs a
@@ -408,54 +412,48 @@ impl ChunkStore {
         reused: bool,
     ) -> std::io::Result<()> {
         let file = open_chunk_file(path, reused, libc::O_DIRECT)?;
-        let tail_len = crcs.len() * 4 + FOOTER;
-        let pad = tail_len.next_multiple_of(BLOCK) - tail_len;
+        let tail = tail_len(crcs);
+        let pad = tail.next_multiple_of(BLOCK) - tail;
         let mut page = TailPage::new();
-        page.0[..pad + tail_len].copy_from_slice(&tail_of(data.len(), crcs, pad));
-        let total = data.len() + pad + tail_len;
+        put_tail(&mut page.0[pad..pad + tail], data.len(), crcs);
+        let page = &page.0[..pad + tail];
         let iov = [
             libc::iovec {
                 iov_base: data.as_ptr() as *mut libc::c_void,
                 iov_len: data.len(),
             },
             libc::iovec {
-                iov_base: page.0.as_mut_ptr().cast(),
-                iov_len: pad + tail_len,
+                iov_base: page.as_ptr() as *mut libc::c_void,
+                iov_len: page.len(),
             },
         ];
-        let mut done = 0usize;
-        while done < total {
-            if done > 0 {
-                // A short direct write (rare: disk full midway) is finished
-                // with plain writes of what is left.
-                let mut whole = Vec::with_capacity(total - done);
-                let (a, b) = (data.len().min(done), data.len());
-                whole.extend_from_slice(&data[a..b]);
-                let skip = done.saturating_sub(data.len());
-                whole.extend_from_slice(&page.0[skip..pad + tail_len]);
-                // SAFETY: plain fcntl flag update on a valid fd.
-                unsafe {
-                    let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-                    libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_DIRECT);
-                }
-                return file.write_all_at(&whole, done as u64);
-            }
+        let n = loop {
             // SAFETY: both iovecs point at live buffers of the given
-            // lengths, which outlive the call.
+            // lengths, which outlive the call; the kernel only reads them.
             let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), 2, 0) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
+            if n >= 0 {
+                break n as usize;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(e);
             }
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            done += n as usize;
+        };
+        if n == data.len() + page.len() {
+            return Ok(());
         }
-        Ok(())
+        // A short direct write (rare: the disk filled up midway) is
+        // finished, or fails with the real error, through plain writes.
+        // SAFETY: plain fcntl flag update on a valid fd.
+        unsafe {
+            let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_DIRECT);
+        }
+        if n < data.len() {
+            file.write_all_at(&data[n..], n as u64)?;
+        }
+        let done = n.max(data.len());
+        file.write_all_at(&page[done - data.len()..], done as u64)
     }
 
     /// Opens a chunk (through the cache) and checks its footer.

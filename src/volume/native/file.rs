@@ -579,9 +579,10 @@ impl Files {
     /// Writes a whole chunk at a chunk boundary by taking `data` as the
     /// chunk's buffer: no copy, and it goes to the sealer at once. Anything
     /// else (a short or unaligned buffer) is an ordinary write.
-    pub fn write_chunk(&self, node: &Arc<Inode>, off: u64, data: ChunkBuf) -> Result<u32> {
+    pub fn write_chunk(&self, node: &Arc<Inode>, off: u64, data: ChunkBuf) -> Result<()> {
         if !off.is_multiple_of(LEAF64) || data.len() != LEAF {
-            return self.write(node, off, &data);
+            self.write(node, off, &data)?;
+            return Ok(());
         }
         let end = off
             .checked_add(LEAF64)
@@ -603,7 +604,7 @@ impl Files {
         }
         self.env.watch.changed(node.ino, off, LEAF64);
         self.relieve(node);
-        Ok(LEAF as u32)
+        Ok(())
     }
 
     /// Locks the file's state once chunk `idx` is not being sealed; first

@@ -297,7 +297,7 @@ impl OpenFile for NativeFile {
         self.vol.files.write(&self.node, offset, data)
     }
 
-    fn write_chunk(&self, offset: u64, data: ChunkBuf) -> Result<u32> {
+    fn write_chunk(&self, offset: u64, data: ChunkBuf) -> Result<()> {
         if !self.writable {
             return err(ErrorKind::Invalid);
         }
