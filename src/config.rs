@@ -37,6 +37,7 @@ pub struct NativeConfig {
     pub seal_threads: usize,
     pub dirty_limit_mb: u64,
     pub ttl_secs: u64,
+    pub direct_io: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

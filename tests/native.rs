@@ -689,3 +689,72 @@ fn deleted_files_chunks_are_reaped_in_the_background() {
         spares()
     );
 }
+
+/// Native files are opened with direct I/O (`native.direct_io`): reads and
+/// writes bypass the FUSE page cache, yet shared and private mappings work
+/// and see the same bytes as read(2) and write(2), in both directions, and
+/// the kernel's page cache holds none of a file read through the mount.
+#[test]
+fn direct_io_reads_and_shared_mappings() {
+    let d = Daemon::start();
+    let (_, v) = create(&d, "mapped");
+    let script = r##"
+import mmap, os, sys, ctypes
+v = sys.argv[1]
+p = os.path.join(v, 'm')
+data = bytes((i * 7 + i // 4096) & 0xff for i in range(3 * (1 << 20) + 123))
+with open(p, 'wb') as f:
+    f.write(data)
+# A shared writable mapping: stores reach read(2) after msync.
+fd = os.open(p, os.O_RDWR)
+m = mmap.mmap(fd, len(data))
+assert m[:4096] == data[:4096]
+assert m[(1 << 20) - 5:(1 << 20) + 5] == data[(1 << 20) - 5:(1 << 20) + 5]
+m[5000:5003] = b'xyz'
+m[(2 << 20) + 1:(2 << 20) + 4] = b'XYZ'
+m.flush()
+m.close()
+os.close(fd)
+want = bytearray(data)
+want[5000:5003] = b'xyz'
+want[(2 << 20) + 1:(2 << 20) + 4] = b'XYZ'
+got = open(p, 'rb').read()
+assert got == bytes(want), 'mapped stores visible to read(2)'
+# A write(2) after a mapping was made is visible to a new read-only mapping.
+with open(p, 'r+b') as f:
+    f.seek(100)
+    f.write(b'QQ')
+want[100:102] = b'QQ'
+fd = os.open(p, os.O_RDONLY)
+m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+assert m[:] == bytes(want), 'read-only shared mapping after write(2)'
+m.close()
+# A private mapping (as the loader maps programs) reads the same bytes.
+m = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+assert m[96:106] == bytes(want[96:106])
+m.close()
+# Direct I/O: reading the whole file through a descriptor leaves no page of
+# it in the kernel's cache (mincore over a fresh mapping counts them).
+assert os.read(fd, len(want) + 10) == bytes(want)
+os.close(fd)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+fd = os.open(p, os.O_RDONLY)
+n = len(want)
+addr = libc.mmap(None, n, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+pages = (n + 4095) // 4096
+vec = (ctypes.c_ubyte * pages)()
+assert libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(n), vec) == 0, ctypes.get_errno()
+resident = sum(b & 1 for b in vec)
+libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(n))
+os.close(fd)
+print(resident, pages)
+"##;
+    let out = python(script, &[&v]);
+    let mut it = out.split_whitespace().map(|s| s.parse::<usize>().unwrap());
+    let (resident, pages) = (it.next().unwrap(), it.next().unwrap());
+    assert!(pages > 700, "{out}");
+    assert_eq!(resident, 0, "pages of a direct-I/O file left in the page cache: {out}");
+}

@@ -299,6 +299,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
         watch: Default::default(),
         stale: Default::default(),
         reaper: Default::default(),
+        direct_io: opts.config.native.direct_io,
     });
     // Keep enough chunk buffers for a full write budget plus the sealer
     // queue, so a long copy reuses memory instead of faulting in fresh

@@ -138,6 +138,8 @@ impl Filesystem for FuseFs {
             InitFlags::FUSE_EXPORT_SUPPORT,
             InitFlags::FUSE_AUTO_INVAL_DATA,
             InitFlags::FUSE_MAX_PAGES,
+            // Shared mappings of files opened with direct I/O (native files).
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
         ] {
             let _ = config.add_capabilities(cap);
         }

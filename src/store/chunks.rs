@@ -133,7 +133,7 @@ fn open_chunk_file(path: &Path, reused: bool, flags: i32) -> std::io::Result<Fil
 }
 
 fn crcs_of(data: &[u8]) -> Vec<u32> {
-    data.chunks(BLOCK).map(crc32c::crc32c).collect()
+    data.chunks(BLOCK).map(super::crc::crc32c).collect()
 }
 
 /// The store.
@@ -558,7 +558,7 @@ impl ChunkStore {
             .ctx(|| format!("reading chunk {} at {start}", hex(h)))?;
         for (i, block) in region.chunks(BLOCK).enumerate() {
             let b = first + i;
-            if cf.crcs.get(b) != Some(&crc32c::crc32c(block)) {
+            if cf.crcs.get(b) != Some(&super::crc::crc32c(block)) {
                 self.open.lock().pop(h);
                 return Err(Error::new(
                     ErrorKind::Integrity,

@@ -1,5 +1,6 @@
 pub mod buf;
 pub mod catalog;
 pub mod chunks;
+pub mod crc;
 pub mod spares;
 pub mod treehash;

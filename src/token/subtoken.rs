@@ -54,7 +54,7 @@ pub fn count_for(len: usize) -> usize {
 fn crc(sub: &[u8; SUBTOKEN]) -> u32 {
     let mut copy = *sub;
     copy[36..40].fill(0);
-    crc32c::crc32c(&copy)
+    crate::store::crc::crc32c(&copy)
 }
 
 /// Splits `token` into subtokens of group `group`.

@@ -59,6 +59,8 @@ pub struct Env {
     pub stale: Mutex<std::collections::HashSet<Hash>>,
     /// Wakes the background collector.
     pub reaper: Arc<Reaper>,
+    /// Open native files with direct I/O (`native.direct_io`).
+    pub direct_io: bool,
 }
 
 /// Tells the offload engine about changes to files that change-vulnerable

@@ -27,7 +27,9 @@ use self::file::{Env, Files, Inode};
 use self::meta::Row;
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::{DirEntry, OpenFile, Shared, VOLUME_ROOT, VolumeFs};
-use crate::fs::types::{Attr, Ctx, FileKind, OpenFlags, SetAttr, StatFs, TimeSet, Timespec};
+use crate::fs::types::{
+    Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, StatFs, TimeSet, Timespec,
+};
 use crate::store::buf::ChunkBuf;
 use crate::store::treehash::LEAF;
 
@@ -286,6 +288,18 @@ pub struct NativeFile {
 }
 
 impl OpenFile for NativeFile {
+    /// Direct I/O by default (see `native.direct_io`): the chunk files are
+    /// in the hot tier's page cache already. Pages a shared mapping cached
+    /// are dropped at open, as the kernel does for any file opened without
+    /// `keep_cache`.
+    fn open_opts(&self) -> OpenOpts {
+        let direct_io = self.vol.env().direct_io;
+        OpenOpts {
+            keep_cache: !direct_io,
+            direct_io,
+        }
+    }
+
     fn read(&self, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
         self.vol.files.read(&self.node, offset, size, out)
     }
