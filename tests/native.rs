@@ -756,5 +756,8 @@ print(resident, pages)
     let mut it = out.split_whitespace().map(|s| s.parse::<usize>().unwrap());
     let (resident, pages) = (it.next().unwrap(), it.next().unwrap());
     assert!(pages > 700, "{out}");
-    assert_eq!(resident, 0, "pages of a direct-I/O file left in the page cache: {out}");
+    assert_eq!(
+        resident, 0,
+        "pages of a direct-I/O file left in the page cache: {out}"
+    );
 }

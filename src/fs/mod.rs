@@ -538,15 +538,20 @@ impl Core {
     }
 
     /// `opendir`: checks it is a directory and lets the volume count it.
-    pub fn opendir(&self, ino: u64) -> Result<()> {
+    /// Opens a directory; true if the kernel may cache its listing (see
+    /// [`VolumeFs::listings_fixed`]). The synthetic tree changes with every
+    /// attach and detach, so it is never cached.
+    pub fn opendir(&self, ino: u64) -> Result<bool> {
         let (a, _) = self.getattr(ino)?;
         if a.kind != FileKind::Dir {
             return err(ErrorKind::NotDir);
         }
         if let Some(Ino::Vol(slot, local)) = decode(ino) {
-            self.vol(slot)?.fs.opendir(local)?;
+            let m = self.vol(slot)?;
+            m.fs.opendir(local)?;
+            return Ok(m.fs.listings_fixed());
         }
-        Ok(())
+        Ok(false)
     }
 
     pub fn releasedir(&self, ino: u64) {

@@ -184,6 +184,14 @@ pub trait VolumeFs: Send + Sync {
 
     fn releasedir(&self, _ino: u64) {}
 
+    /// Whether this volume's directory listings never change while it is
+    /// attached, so the kernel may keep them (FOPEN_CACHE_DIR): a second
+    /// `find` or `ls` then costs no request, and the first saves the
+    /// request that only finds the end of each directory.
+    fn listings_fixed(&self) -> bool {
+        false
+    }
+
     /// Catalog rows of inodes in use right now (open files, open
     /// directories), which fsck must not take for orphans.
     fn busy_inodes(&self) -> Vec<i64> {

@@ -224,3 +224,20 @@ fn duplicate_registration_is_refused() {
         .unwrap();
     assert_eq!(e.kind(), ErrorKind::Exists);
 }
+
+/// Only archive directories may have their listings cached by the kernel:
+/// the synthetic tree changes on attach and detach.
+#[test]
+fn only_fixed_listings_are_cacheable() {
+    let core = Core::new();
+    let _d = mount_one(&core, 7, ID, Some("photos"));
+    assert!(!core.opendir(ROOT_INO).unwrap());
+    assert!(!core.opendir(VOLUMES_INO).unwrap());
+    assert!(!core.opendir(MEDIA_INO).unwrap());
+    let (vroot, _) = core.lookup(VOLUMES_INO, ID.as_bytes()).unwrap();
+    assert!(core.opendir(vroot.ino).unwrap());
+    let (dir, _) = core.lookup(vroot.ino, b"dir").unwrap();
+    assert!(core.opendir(dir.ino).unwrap());
+    let (file, _) = core.lookup(dir.ino, b"file").unwrap();
+    assert!(core.opendir(file.ino).is_err());
+}

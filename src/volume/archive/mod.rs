@@ -396,6 +396,11 @@ impl OpenFile for ArchiveFile {
 }
 
 impl VolumeFs for ArchiveVolume {
+    /// An archive's index is fixed once attached.
+    fn listings_fixed(&self) -> bool {
+        true
+    }
+
     fn getattr(&self, ino: u64) -> Result<Attr> {
         let (_, n) = self.node(ino)?;
         Ok(node_attr(ino, n))
