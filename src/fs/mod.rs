@@ -537,8 +537,8 @@ impl Core {
         }
     }
 
-    /// `opendir`: checks it is a directory and lets the volume count it.
-    /// Opens a directory; true if the kernel may cache its listing (see
+    /// `opendir`: checks it is a directory and lets the volume count it;
+    /// true if the kernel may cache its listing (see
     /// [`VolumeFs::listings_fixed`]). The synthetic tree changes with every
     /// attach and detach, so it is never cached.
     pub fn opendir(&self, ino: u64) -> Result<bool> {

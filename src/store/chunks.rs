@@ -417,26 +417,12 @@ impl ChunkStore {
         let mut page = TailPage::new();
         put_tail(&mut page.0[pad..pad + tail], data.len(), crcs);
         let page = &page.0[..pad + tail];
-        let iov = [
-            libc::iovec {
-                iov_base: data.as_ptr() as *mut libc::c_void,
-                iov_len: data.len(),
-            },
-            libc::iovec {
-                iov_base: page.as_ptr() as *mut libc::c_void,
-                iov_len: page.len(),
-            },
-        ];
+        let iov = [std::io::IoSlice::new(data), std::io::IoSlice::new(page)];
         let n = loop {
-            // SAFETY: both iovecs point at live buffers of the given
-            // lengths, which outlive the call; the kernel only reads them.
-            let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), 2, 0) };
-            if n >= 0 {
-                break n as usize;
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
+            match nix::sys::uio::pwritev(&file, &iov, 0) {
+                Ok(n) => break n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
             }
         };
         if n == data.len() + page.len() {
@@ -444,10 +430,10 @@ impl ChunkStore {
         }
         // A short direct write (rare: the disk filled up midway) is
         // finished, or fails with the real error, through plain writes.
-        // SAFETY: plain fcntl flag update on a valid fd.
-        unsafe {
-            let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_DIRECT);
+        {
+            use nix::fcntl::{FcntlArg, OFlag, fcntl};
+            let fl = OFlag::from_bits_retain(fcntl(&file, FcntlArg::F_GETFL)?);
+            fcntl(&file, FcntlArg::F_SETFL(fl - OFlag::O_DIRECT))?;
         }
         if n < data.len() {
             file.write_all_at(&data[n..], n as u64)?;
