@@ -18,7 +18,7 @@ use tracing_subscriber::EnvFilter;
     about = "Mount archives, drives and native volumes as files; copy with offload tokens",
     after_help = "Exit codes: 0 clean unmount, 1 runtime failure, 2 usage or config error, \
                   3 mountpoint unusable, 4 state directory unusable, 5 state directory in use, \
-                  6 mount failed."
+                  6 mount failed, 7 an --attach archive could not be attached."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +41,13 @@ enum Cmd {
         /// Detach from the terminal once mounted; logs go to STATE/fsd.log.
         #[arg(long)]
         daemon: bool,
+        /// Attach this archive before the mount appears (repeatable), as
+        /// `tokenctl attach PATH` would: its volume is at
+        /// MOUNTPOINT/volumes/<file name> as soon as `fsd mount --daemon`
+        /// returns. Already attached media are reused; one that cannot be
+        /// attached stops fsd before it mounts (exit code 7).
+        #[arg(long, value_name = "PATH")]
+        attach: Vec<PathBuf>,
     },
     /// Print the embedded default configuration, documented key by key.
     Config,
@@ -80,6 +87,7 @@ fn main() -> ExitCode {
             state,
             config: config_path,
             daemon: detach,
+            attach,
         } => {
             let config = match Config::load(config_path.as_deref()) {
                 Ok(c) => c,
@@ -101,12 +109,16 @@ fn main() -> ExitCode {
                 mountpoint,
                 state_dir,
                 config,
+                attach: attach
+                    .into_iter()
+                    .map(|p| std::path::absolute(&p).unwrap_or(p))
+                    .collect(),
             };
             if detach {
                 run_detached(&opts)
             } else {
                 init_logging(&opts.config.log.level, None);
-                match daemon::run(&opts, || {}) {
+                match daemon::run(&opts, |_| {}) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(f) => fail(&f),
                 }
@@ -137,12 +149,15 @@ fn run_detached(opts: &MountOptions) -> ExitCode {
             let mut msg = Vec::new();
             let _ = std::fs::File::from(r).read_to_end(&mut msg);
             match msg.split_first() {
-                Some((0, _)) => {
+                Some((0, attached)) => {
                     eprintln!(
                         "fsd: mounted at {} (pid {child}, log {})",
                         opts.mountpoint.display(),
                         opts.state_dir.join("fsd.log").display()
                     );
+                    for line in String::from_utf8_lossy(attached).lines() {
+                        eprintln!("fsd: {line}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Some((code, text)) => {
@@ -175,9 +190,11 @@ fn run_detached(opts: &MountOptions) -> ExitCode {
             init_logging(&opts.config.log.level, log.ok());
             // Dropping the pipe closes it, which ends the parent's wait.
             let pipe = std::cell::RefCell::new(Some(std::fs::File::from(w)));
-            let result = daemon::run(opts, || {
+            let result = daemon::run(opts, |attached| {
                 if let Some(mut p) = pipe.borrow_mut().take() {
-                    let _ = p.write_all(&[0]);
+                    let mut m = vec![0];
+                    m.extend_from_slice(attached.as_bytes());
+                    let _ = p.write_all(&m);
                 }
             });
             match result {

@@ -883,3 +883,99 @@ fn sigint_unmounts_and_daemon_mode_detaches() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn mount_attach_has_volumes_in_place_and_refuses_bad_media() {
+    let mut d = Daemon::start();
+    let (tar, reference) = tar_fixture(&d, "gnu", &[], &TreeOpts::plain());
+    d.stop();
+    let lock_pid = |d: &Daemon| -> i32 {
+        std::fs::read_to_string(d.state.join("fsd.lock"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let mount = |d: &Daemon, extra: &[&std::path::Path]| {
+        let mut c = Command::new(FSD);
+        c.arg("mount")
+            .arg(&d.mnt)
+            .arg("--state")
+            .arg(&d.state)
+            .arg("--daemon");
+        for p in extra {
+            c.arg("--attach").arg(p);
+        }
+        c.output().unwrap()
+    };
+    let stop = |d: &Daemon, pid: i32| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(std::time::Instant::now() < deadline, "fsd did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!d.mnt.join("volumes").exists());
+    };
+
+    // The volume is there the moment `fsd mount --daemon` returns: no
+    // polling, no tokenctl. The parent names it on stderr.
+    let o = mount(&d, &[&tar]);
+    assert!(o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    let name = tar.file_name().unwrap().to_str().unwrap();
+    let link = d.mnt.join("volumes").join(name);
+    let id = std::fs::read_link(&link)
+        .unwrap_or_else(|e| panic!("{}: {e}; stderr: {err}", link.display()))
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(id.starts_with("vol-"), "{id}");
+    assert!(
+        err.contains("indexed and attached") && err.contains(&id),
+        "{err}"
+    );
+    check_volume(&d, &id, &reference, true, TAR_CMP);
+    stop(&d, lock_pid(&d));
+
+    // Again on the same state: the same volume, not indexed again.
+    let o = mount(&d, &[&tar]);
+    assert!(o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        err.contains("already attached") && err.contains(&id),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_link(&link).unwrap().to_str(),
+        Some(id.as_str())
+    );
+    stop(&d, lock_pid(&d));
+
+    // A corrupt or missing archive stops fsd before it mounts, with exit
+    // code 7 and the medium named.
+    let bad = d.dir.path().join("bad.tar");
+    let mut bytes = std::fs::read(&tar).unwrap();
+    bytes.truncate(700);
+    std::fs::write(&bad, &bytes).unwrap();
+    let o = mount(&d, &[&bad]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("--attach") && err.contains("bad.tar"), "{err}");
+    assert!(!d.mnt.join("volumes").exists(), "nothing is mounted");
+    let missing = d.dir.path().join("missing.tar");
+    let o = mount(&d, &[&missing]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.tar"));
+    assert!(!d.mnt.join("volumes").exists());
+
+    // The state is intact: a plain restart still serves the first volume.
+    d.spawn();
+    check_volume(&d, &id, &reference, true, TAR_CMP);
+    let vols = d.json(&["volumes"]);
+    assert_eq!(vols.as_array().unwrap().len(), 1, "{vols}");
+}

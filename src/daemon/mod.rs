@@ -5,7 +5,6 @@
 mod service;
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -37,6 +36,7 @@ pub mod exit {
     pub const STATE_DIR: i32 = 4;
     pub const STATE_BUSY: i32 = 5;
     pub const MOUNT_FAILED: i32 = 6;
+    pub const ATTACH_FAILED: i32 = 7;
 }
 
 /// A failure of `fsd mount` with the exit code it maps to.
@@ -64,6 +64,8 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     pub state_dir: PathBuf,
     pub config: Config,
+    /// Archives to attach before the mount appears (`--attach`), absolute.
+    pub attach: Vec<PathBuf>,
 }
 
 /// Creates the state directory if needed and checks it is usable.
@@ -134,9 +136,13 @@ pub fn lock_state_dir(dir: &Path) -> std::result::Result<StateLock, Fatal> {
             )
         })?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            let _ = lock.set_len(0);
-            let _ = writeln!(&mut *lock, "{}", std::process::id());
+        Ok(lock) => {
+            // Overwrite in place, then cut to length: truncating to zero
+            // first would free the file's block and allocate it again,
+            // which reads the block bitmap from disk on a cold start.
+            let pid = format!("{}\n", std::process::id());
+            let _ = std::os::unix::fs::FileExt::write_all_at(&*lock, pid.as_bytes(), 0);
+            let _ = lock.set_len(pid.len() as u64);
             Ok(StateLock { _lock: lock })
         }
         Err((_, errno)) => {
@@ -270,9 +276,56 @@ enum Event {
     SessionEnded(std::io::Result<()>),
 }
 
+/// Attaches the `--attach` archives. Runs before the FUSE mount exists, so
+/// a script that waits for `fsd mount` finds its volumes in place, and a
+/// medium that cannot be attached stops the daemon before anything is
+/// mounted (nothing half-done to clean up).
+fn attach_at_start(manager: &Manager, paths: &[PathBuf]) -> std::result::Result<String, Fatal> {
+    let caller = crate::fs::perm::Caller::current();
+    let mut summary = String::new();
+    for path in paths {
+        let r = manager
+            .attach(
+                path,
+                None,
+                crate::volume::manager::FormatChoice::Auto,
+                &caller,
+                &mut |_, _| {},
+            )
+            .map_err(|e| {
+                Fatal::new(
+                    exit::ATTACH_FAILED,
+                    Error::new(e.kind(), format!("--attach {}: {e}", path.display())),
+                )
+            })?;
+        let v = &r.volume;
+        let how = if r.already_attached {
+            "already attached"
+        } else if r.indexed {
+            "indexed and attached"
+        } else {
+            "attached"
+        };
+        let line = format!(
+            "{}: {how} as {}{}",
+            path.display(),
+            v.id,
+            v.name
+                .as_deref()
+                .map(|n| format!(" (volumes/{n})"))
+                .unwrap_or_default()
+        );
+        tracing::info!("{line}");
+        summary.push_str(&line);
+        summary.push('\n');
+    }
+    Ok(summary)
+}
+
 /// Serves the mount until it is unmounted or the daemon is signalled.
-/// `ready` is called once the filesystem is mounted and the socket is up.
-pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(), Fatal> {
+/// `ready` is called once the filesystem is mounted and the socket is up,
+/// with one line per `--attach` archive.
+pub fn run(opts: &MountOptions, ready: impl FnOnce(&str)) -> std::result::Result<(), Fatal> {
     let failed = |e: Error| Fatal::new(exit::FAILED, e);
     // Block the shutdown signals in every thread; one thread waits for them.
     let mut sigs = SigSet::empty();
@@ -318,6 +371,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
     ));
     let (ok, missing) = manager.load_all().map_err(failed)?;
     tracing::info!("{ok} volumes reloaded from the catalog, {missing} missing");
+    let attached = attach_at_start(&manager, &opts.attach)?;
     let offload = Offload::new(
         core.clone(),
         env,
@@ -401,7 +455,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> std::result::Result<(),
         state = %opts.state_dir.display(),
         "fsd is serving"
     );
-    ready();
+    ready(&attached);
 
     let mut result = Ok(());
     match rx.recv() {

@@ -47,6 +47,20 @@ impl Caller {
         }
     }
 
+    /// The credentials of this process (for `fsd mount --attach`, which
+    /// opens media with the rights of whoever started the daemon).
+    pub fn current() -> Self {
+        let groups = nix::unistd::getgroups()
+            .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_default();
+        Caller {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            groups,
+            pid: std::process::id(),
+        }
+    }
+
     fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }

@@ -14,17 +14,30 @@ use parking_lot::{Condvar, Mutex};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A fixed pool of sealing threads.
+/// A fixed pool of sealing threads, started by the first job: a daemon that
+/// only serves archives never pays for them, and `fsd mount` comes up
+/// sooner.
 pub struct Sealer {
     tx: Mutex<Sender<Job>>,
+    rx: Arc<Mutex<Receiver<Job>>>,
+    threads: usize,
+    started: std::sync::Once,
 }
 
 impl Sealer {
     pub fn new(threads: usize) -> Arc<Self> {
         let (tx, rx) = channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..threads.max(1) {
-            let rx: Arc<Mutex<Receiver<Job>>> = rx.clone();
+        Arc::new(Sealer {
+            tx: Mutex::new(tx),
+            rx: Arc::new(Mutex::new(rx)),
+            threads: threads.max(1),
+            started: std::sync::Once::new(),
+        })
+    }
+
+    fn start(&self) {
+        for i in 0..self.threads {
+            let rx = self.rx.clone();
             let _ = std::thread::Builder::new()
                 .name(format!("fsd-seal-{i}"))
                 .spawn(move || {
@@ -37,11 +50,11 @@ impl Sealer {
                     }
                 });
         }
-        Arc::new(Sealer { tx: Mutex::new(tx) })
     }
 
     /// Queues a job; if the pool is gone (shutdown), runs it here.
     pub fn submit(&self, job: impl FnOnce() + Send + 'static) {
+        self.started.call_once(|| self.start());
         let job: Job = Box::new(job);
         if let Err(e) = self.tx.lock().send(job) {
             (e.0)();
