@@ -761,3 +761,44 @@ print(resident, pages)
         "pages of a direct-I/O file left in the page cache: {out}"
     );
 }
+
+/// A large write reaches the daemon as several requests, which worker
+/// threads may handle out of order. A chunk whose last bytes arrive first
+/// must not be sealed then, with a hole of zeros, and sealed again when the
+/// rest arrives: each chunk of a sequential write is written once. The
+/// pieces here come from one thread in reverse order, so the order is
+/// certain.
+#[test]
+fn reordered_pieces_seal_each_chunk_once() {
+    use std::os::unix::fs::FileExt;
+    let d = Daemon::start();
+    let (_, v) = create(&d, "reorder");
+    let want = pattern(77, 2 << 20);
+    let piece = 128 << 10;
+    let f = std::fs::File::create_new(v.join("f")).unwrap();
+    // Chunk 0 back to front, then chunk 1 with its middle piece last.
+    for off in (0..(1 << 20)).step_by(piece).rev() {
+        f.write_all_at(&want[off..off + piece], off as u64).unwrap();
+    }
+    let order: Vec<usize> = (0..8).filter(|&i| i != 3).chain([3]).collect();
+    for i in order {
+        let off = (1 << 20) + i * piece;
+        f.write_all_at(&want[off..off + piece], off as u64).unwrap();
+    }
+    drop(f);
+    assert_eq!(std::fs::read(v.join("f")).unwrap(), want);
+    // Two chunk files and nothing superseded (a superseded chunk would be
+    // a third file, or a spare once collected).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        chunk_files(&d.state),
+        2,
+        "spares: {:?}",
+        spare_sizes(&d.state)
+    );
+    assert!(
+        spare_sizes(&d.state).is_empty(),
+        "{:?}",
+        spare_sizes(&d.state)
+    );
+}

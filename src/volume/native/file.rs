@@ -107,6 +107,13 @@ pub struct State {
     pub committed_size: u64,
     pub extents: BTreeMap<u64, Ext>,
     pub dirty: BTreeMap<u64, ChunkBuf>,
+    /// The byte ranges written into a dirty buffer that has a gap (a write
+    /// landed beyond its end, as concurrent requests of one large write
+    /// can). Absent when the buffer is written from 0 without a gap, the
+    /// usual case. A chunk is sealed early only once fully written, so a
+    /// reordered sequential write does not seal it with a hole of zeros
+    /// and rewrite it later.
+    pub gaps: BTreeMap<u64, Vec<(usize, usize)>>,
     pub patches: BTreeMap<u64, Patch>,
     pub sealing: BTreeMap<u64, Arc<ChunkBuf>>,
     pub changed: BTreeSet<u64>,
@@ -186,6 +193,7 @@ impl Inode {
                 committed_size: row.size,
                 extents,
                 dirty: BTreeMap::new(),
+                gaps: BTreeMap::new(),
                 patches: BTreeMap::new(),
                 sealing: BTreeMap::new(),
                 changed: BTreeSet::new(),
@@ -204,6 +212,24 @@ impl Inode {
 
 fn now() -> i64 {
     Timespec::now().as_nanos()
+}
+
+/// Adds `[a, b)` to the sorted, disjoint `ranges` (merging neighbours);
+/// true when they then cover the whole chunk.
+fn cover(ranges: &mut Vec<(usize, usize)>, a: usize, b: usize) -> bool {
+    if a < b {
+        ranges.push((a, b));
+        ranges.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+        for &(s, e) in ranges.iter() {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        *ranges = merged;
+    }
+    ranges.as_slice() == [(0, LEAF)]
 }
 
 /// The expected length of chunk `idx` of a file of `size` bytes.
@@ -425,6 +451,7 @@ impl Files {
         if p.pages() > patch::MAX_PAGES
             && let Ok(buf) = self.materialize(st, idx, &p)
         {
+            st.gaps.remove(&idx);
             st.dirty.insert(idx, buf);
             return Ok(());
         }
@@ -471,6 +498,7 @@ impl Files {
             }
         }
         let dirty = std::mem::take(&mut st.dirty);
+        st.gaps.clear();
         for (idx, data) in dirty {
             self.submit(node, st, idx, data);
         }
@@ -543,31 +571,48 @@ impl Files {
                     // New data, or all of the sealed data replaced: nothing
                     // to read.
                     self.env.budget.add(LEAF64);
+                    st.gaps.remove(&idx);
                     st.dirty.insert(idx, ChunkBuf::new());
                 }
+                let st = &mut *st;
                 let buf = st
                     .dirty
                     .get_mut(&idx)
                     .ok_or_else(|| Error::kind_only(ErrorKind::Io))?;
-                if buf.len() == a {
+                let before = buf.len();
+                if before == a {
                     // Appending (the sequential case): no zero fill first.
                     buf.extend_from_slice(piece);
                 } else {
-                    if buf.len() < a + n {
+                    if before < a + n {
                         buf.resize(a + n);
                     }
                     buf[a..a + n].copy_from_slice(piece);
                 }
-                // A write that fills the chunk up to its last byte is how a
-                // sequential writer leaves a chunk: seal it now, once. A
-                // random write into a chunk loaded for read-modify-write
-                // also makes it full length, but more writes to it are
-                // likely; it waits for close, fsync or buffer pressure.
-                if a + n == LEAF
-                    && buf.len() == LEAF
-                    && let Some(full) = st.dirty.remove(&idx)
-                {
-                    self.submit(node, &mut st, idx, full);
+                let complete = match st.gaps.get_mut(&idx) {
+                    Some(ranges) => cover(ranges, a, a + n),
+                    None if a > before => {
+                        let mut ranges = vec![(a, a + n)];
+                        cover(&mut ranges, 0, before);
+                        st.gaps.insert(idx, ranges);
+                        false
+                    }
+                    None => buf.len() == LEAF,
+                };
+                // A write that completes the chunk is how a sequential
+                // writer leaves it: seal it now, once. (Without a gap that
+                // is the write ending at its last byte.) A random write into
+                // a chunk loaded for read-modify-write also makes it full
+                // length, but more writes to it are likely; it waits for
+                // close, fsync or buffer pressure.
+                let seal = if st.gaps.contains_key(&idx) {
+                    complete
+                } else {
+                    complete && a + n == LEAF
+                };
+                if seal && let Some(full) = st.dirty.remove(&idx) {
+                    st.gaps.remove(&idx);
+                    self.submit(node, st, idx, full);
                 }
                 pos += n as u64;
             }
@@ -997,7 +1042,7 @@ impl Files {
 
 /// Removes an uncommitted chunk's file unless the catalog references it;
 /// if someone holds a pin on it right now, remembers it for later.
-fn discard_one(env: &Env, h: Hash) {
+pub(super) fn discard_one(env: &Env, h: Hash) {
     let removed = env
         .store
         .remove_unpinned(&h, || Ok(!meta::chunk_known(&env.catalog.conn(), &h)?));
@@ -1014,6 +1059,13 @@ const COLLECT_BATCH: usize = 256;
 /// fsck, status, token expiry) call it to settle the store; the file paths
 /// (unlink, rename over a file, commit) call [`collect_soon`] instead.
 pub fn collect(env: &Env) {
+    let _one_at_a_time = env.reaper.collecting.lock();
+    collect_locked(env);
+}
+
+/// [`collect`] for a caller that holds `env.reaper.collecting` (fsck, so
+/// that no collection is half done while it lists the store).
+pub fn collect_locked(env: &Env) {
     let stale: Vec<Hash> = env.stale.lock().drain().collect();
     for h in stale {
         discard_one(env, h);
@@ -1051,6 +1103,10 @@ pub fn collect_soon(env: &Env) {
 pub struct Reaper {
     pending: Mutex<bool>,
     cv: Condvar,
+    /// Held for a whole collection: the reaper thread and the management
+    /// operations that collect take turns, and fsck never sees a chunk
+    /// whose row is gone but whose file is not yet.
+    pub collecting: Mutex<()>,
 }
 
 /// Starts the reaper thread. It collects when woken and at least once a
@@ -1084,6 +1140,18 @@ pub fn start_reaper(env: &Arc<Env>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cover_merges_ranges_until_the_chunk_is_whole() {
+        let mut r = Vec::new();
+        assert!(!cover(&mut r, LEAF - 10, LEAF));
+        assert!(!cover(&mut r, 0, 10));
+        assert!(!cover(&mut r, 5, 5), "an empty range changes nothing");
+        assert_eq!(r, vec![(0, 10), (LEAF - 10, LEAF)]);
+        assert!(!cover(&mut r, 10, LEAF - 11), "one byte still missing");
+        assert!(cover(&mut r, LEAF - 12, LEAF - 9), "overlaps merge");
+        assert_eq!(r, vec![(0, LEAF)]);
+    }
 
     #[test]
     fn chunk_lengths() {

@@ -96,8 +96,10 @@ pub fn run(env: &Env, targets: &[Target], whole: bool, repair: bool) -> Result<R
     }
     if whole {
         // Chunks dropped a moment ago may still await collection (a reader
-        // held them); collect first so only real leftovers are reported.
-        super::file::collect(env);
+        // held them); collect first so only real leftovers are reported,
+        // and keep the background collector out until the check is done.
+        let _no_collection = env.reaper.collecting.lock();
+        super::file::collect_locked(env);
         check_store(env, repair, &mut rep)?;
     }
     Ok(rep)
@@ -303,6 +305,16 @@ fn check_store(env: &Env, repair: bool, rep: &mut Report) -> Result<()> {
     for h in env.store.list()? {
         // A pinned file is being written and will be committed shortly.
         if !known.contains(&h) && !env.store.is_pinned(&h) {
+            // A superseded chunk that a reader still held during the
+            // collection above is garbage awaiting its retry, not a
+            // leftover: retry now that the pin is gone.
+            let stale = env.stale.lock().remove(&h);
+            if stale {
+                super::file::discard_one(env, h);
+                if !env.store.contains(&h) {
+                    continue;
+                }
+            }
             let fixed = repair && env.store.remove_unpinned(&h, || Ok(true)).unwrap_or(false);
             rep.add(
                 "orphan_file",
