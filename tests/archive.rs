@@ -308,6 +308,77 @@ fn gnu_tar_matches_tar_x() {
         .arg(&archive));
 }
 
+/// A walk that never stats (find, os.walk) gets names without attributes
+/// (src/fuse/advice.rs). Its listings must still carry the real inode
+/// numbers and types, and whatever stats those names next, in another
+/// process or after the walk, must see the true attributes.
+#[test]
+fn name_only_walks_keep_inode_numbers_and_types() {
+    let d = Daemon::start();
+    let (archive, reference) = tar_fixture(&d, "posix", &[], &TreeOpts::plain());
+    let id = d.attach(&archive);
+    let vol = d.vol(&id);
+    // A fresh process walks with scandir only: name, d_type, d_ino.
+    let walk = r#"
+import os, sys
+root = sys.argv[1]
+def walk(d):
+    for e in os.scandir(d):
+        kind = "d" if e.is_dir(follow_symlinks=False) else "l" if e.is_symlink() else "f"
+        print(e.inode(), kind, os.path.relpath(e.path, root))
+        if kind == "d":
+            walk(e.path)
+walk(root)
+"#;
+    let listed = run(Command::new("python3").args(["-c", walk]).arg(&vol));
+    let mut n = 0;
+    // Another fresh process stats every name the walk saw.
+    let stat = r#"
+import os, stat, sys
+root = sys.argv[1]
+for line in sys.stdin:
+    ino, kind, rel = line.rstrip("\n").split(" ", 2)
+    st = os.lstat(os.path.join(root, rel))
+    k = "d" if stat.S_ISDIR(st.st_mode) else "l" if stat.S_ISLNK(st.st_mode) else "f"
+    print(ino, kind, st.st_ino, k, st.st_size, rel)
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", stat])
+        .arg(&vol)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(listed.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let f: Vec<&str> = line.splitn(6, ' ').collect();
+        let (d_ino, d_kind, st_ino, st_kind, size, rel) = (f[0], f[1], f[2], f[3], f[4], f[5]);
+        assert_ne!(d_ino, "0", "{rel}: listed with inode number 0");
+        assert_eq!(d_ino, st_ino, "{rel}: listed and stat inode numbers differ");
+        assert_eq!(d_kind, st_kind, "{rel}: listed type differs from stat");
+        let want = std::fs::symlink_metadata(reference.join(rel)).unwrap();
+        if st_kind == "f" {
+            assert_eq!(size, want.len().to_string(), "{rel}: size after a walk");
+        }
+        n += 1;
+    }
+    assert_eq!(n, listing(&reference).len(), "the walk saw every entry");
+    // find first (names only), then everything that stats, reads and copies.
+    assert_eq!(
+        sh(&vol, "find . | wc -l").trim(),
+        sh(&reference, "find . | wc -l").trim()
+    );
+    check_volume(&d, &id, &reference, true, TAR_CMP);
+}
+
 #[test]
 fn pax_tar_matches_tar_x() {
     let d = Daemon::start();

@@ -24,13 +24,21 @@ use crate::fs::types::{Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, TimeSe
 /// 256 pages by default): 1 MiB, one chunk.
 pub const MAX_IO: u32 = 1 << 20;
 
+mod advice;
+
+use advice::ListingAdvice;
+
 pub struct FuseFs {
     core: Arc<Core>,
+    advice: ListingAdvice,
 }
 
 impl FuseFs {
     pub fn new(core: Arc<Core>) -> Self {
-        FuseFs { core }
+        FuseFs {
+            core,
+            advice: ListingAdvice::default(),
+        }
     }
 }
 
@@ -149,8 +157,12 @@ impl Filesystem for FuseFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.core.lookup(parent.0, name.as_bytes()));
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = self.core.lookup(parent.0, name.as_bytes());
+        if matches!(&r, Ok((a, _)) if !matches!(a.kind, FileKind::Dir | FileKind::Symlink)) {
+            self.advice.looked_up_file(req.pid());
+        }
+        reply_entry(reply, r);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -395,12 +407,17 @@ impl Filesystem for FuseFs {
         reply_empty(reply, self.core.fsync(fh.0, datasync));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
         match self.core.opendir(ino.0) {
-            Ok(true) => reply.opened(
+            // A fixed listing is cached by the kernel only when it carries
+            // attributes: a names-only listing in the cache would cost a
+            // later `ls -l` a LOOKUP per entry. KEEP_CACHE leaves a cached
+            // listing in place for the next reader either way.
+            Ok(true) if self.advice.wants_file_attrs(req.pid()) => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
+            Ok(true) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Ok(false) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -430,16 +447,23 @@ impl Filesystem for FuseFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let file_attrs = self.advice.wants_file_attrs(req.pid());
         let r = self.core.readdir(ino.0, offset, &mut |e| {
             let ttl = self.core.ttl_of(e.attr.ino);
+            // Node ID 0: the entry's name and type only (see advice.rs).
+            let node = if file_attrs || e.attr.kind == FileKind::Dir {
+                e.attr.ino
+            } else {
+                0
+            };
             !reply.add(
-                INodeNo(e.attr.ino),
+                INodeNo(node),
                 e.next,
                 OsStr::from_bytes(e.name),
                 &ttl,

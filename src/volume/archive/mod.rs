@@ -152,7 +152,7 @@ fn node_attr(ino: u64, n: &Node) -> Attr {
         atime: mtime,
         mtime,
         ctime: mtime,
-        blksize: Attr::BLKSIZE,
+        blksize: Attr::blksize_for(kind),
     }
 }
 

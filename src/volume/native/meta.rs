@@ -50,7 +50,7 @@ impl Row {
             atime: Timespec::from_nanos(self.atime),
             mtime: Timespec::from_nanos(self.mtime),
             ctime: Timespec::from_nanos(self.ctime),
-            blksize: Attr::BLKSIZE,
+            blksize: Attr::blksize_for(self.kind()),
         }
     }
 }
