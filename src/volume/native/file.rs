@@ -589,7 +589,13 @@ impl Files {
                     }
                     buf[a..a + n].copy_from_slice(piece);
                 }
-                let complete = match st.gaps.get_mut(&idx) {
+                // A write that completes the chunk is how a sequential
+                // writer leaves it: seal it now, once. Without a gap that is
+                // the write ending at its last byte; a random write into a
+                // chunk loaded for read-modify-write also makes it full
+                // length, but more writes to it are likely, so it waits for
+                // close, fsync or buffer pressure.
+                let seal = match st.gaps.get_mut(&idx) {
                     Some(ranges) => cover(ranges, a, a + n),
                     None if a > before => {
                         let mut ranges = vec![(a, a + n)];
@@ -597,18 +603,7 @@ impl Files {
                         st.gaps.insert(idx, ranges);
                         false
                     }
-                    None => buf.len() == LEAF,
-                };
-                // A write that completes the chunk is how a sequential
-                // writer leaves it: seal it now, once. (Without a gap that
-                // is the write ending at its last byte.) A random write into
-                // a chunk loaded for read-modify-write also makes it full
-                // length, but more writes to it are likely; it waits for
-                // close, fsync or buffer pressure.
-                let seal = if st.gaps.contains_key(&idx) {
-                    complete
-                } else {
-                    complete && a + n == LEAF
+                    None => a + n == LEAF && buf.len() == LEAF,
                 };
                 if seal && let Some(full) = st.dirty.remove(&idx) {
                     st.gaps.remove(&idx);

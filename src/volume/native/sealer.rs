@@ -19,7 +19,10 @@ type Job = Box<dyn FnOnce() + Send>;
 /// sooner.
 pub struct Sealer {
     tx: Mutex<Sender<Job>>,
-    rx: Arc<Mutex<Receiver<Job>>>,
+    /// The queue's receiving end until the first job starts the threads,
+    /// which then hold it alone: a pool that is gone (no thread could
+    /// start, or all died) makes `send` fail and the job run inline.
+    rx: Mutex<Option<Receiver<Job>>>,
     threads: usize,
     started: std::sync::Once,
 }
@@ -29,15 +32,19 @@ impl Sealer {
         let (tx, rx) = channel::<Job>();
         Arc::new(Sealer {
             tx: Mutex::new(tx),
-            rx: Arc::new(Mutex::new(rx)),
+            rx: Mutex::new(Some(rx)),
             threads: threads.max(1),
             started: std::sync::Once::new(),
         })
     }
 
     fn start(&self) {
+        let Some(rx) = self.rx.lock().take() else {
+            return;
+        };
+        let rx = Arc::new(Mutex::new(rx));
         for i in 0..self.threads {
-            let rx = self.rx.clone();
+            let rx = rx.clone();
             let _ = std::thread::Builder::new()
                 .name(format!("fsd-seal-{i}"))
                 .spawn(move || {
