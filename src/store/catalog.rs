@@ -241,13 +241,28 @@ impl Catalog {
             // EXCLUSIVE: the daemon is the catalog's only user (the state
             // directory is locked), so SQLite can skip a pair of fcntl
             // locks and the shared-memory index on every transaction.
+            //
+            // wal_autocheckpoint 16384 pages (64 MiB): a checkpoint runs on
+            // the committing request's thread and costs two fsyncs. At
+            // SQLite's default of 1000 pages a burst of unlinks (about 10
+            // pages each) checkpointed every ~100 files, which was a
+            // quarter of `rm -r`'s time; checkpointing less often also
+            // writes each hot page (a directory's dentries) once per
+            // checkpoint instead of once per 100 operations. Durability is
+            // unchanged: a commit is in the WAL either way (crash-safe), and
+            // fsync makes it power-safe with syncfs. journal_size_limit
+            // trims the WAL back after one very large transaction without
+            // shrinking it in the normal cycle (a WAL that is overwritten
+            // in place is cheaper to append to than one re-allocated).
             "PRAGMA locking_mode=EXCLUSIVE;
              PRAGMA journal_mode=WAL;
              PRAGMA synchronous=NORMAL;
              PRAGMA foreign_keys=ON;
              PRAGMA busy_timeout=10000;
              PRAGMA temp_store=MEMORY;
-             PRAGMA cache_size=-65536;",
+             PRAGMA cache_size=-65536;
+             PRAGMA wal_autocheckpoint=16384;
+             PRAGMA journal_size_limit=134217728;",
         )
         .map_err(|e| {
             Error::new(
@@ -609,6 +624,26 @@ mod tests {
             (1, b"idx".to_vec())
         );
         assert_eq!(c.find_by_medium("/m.tar").unwrap().unwrap().slot, slot);
+    }
+
+    /// Many small commits stay in the WAL instead of checkpointing (two
+    /// fsyncs on the committing thread) every 1000 pages.
+    #[test]
+    fn small_commits_do_not_checkpoint_every_thousand_pages() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.db");
+        let c = Catalog::open(&p).unwrap();
+        let msg = "x".repeat(3000);
+        for _ in 0..3000 {
+            c.event(None, "info", &msg).unwrap();
+        }
+        let wal = std::fs::metadata(d.path().join("catalog.db-wal"))
+            .unwrap()
+            .len();
+        assert!(
+            wal > 2500 * 4096,
+            "WAL of {wal} bytes: it was checkpointed and restarted"
+        );
     }
 
     #[test]
