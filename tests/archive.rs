@@ -897,6 +897,30 @@ fn daemon_refusals() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(4), "{o:?}");
+    // A state directory on a read-only filesystem.
+    let ro = d.dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let sh = |cmd: &str| {
+        let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    sh(&format!("mount -t tmpfs fsd-ro {}", ro.display()));
+    std::fs::create_dir(ro.join("state")).unwrap();
+    sh(&format!("mount -o remount,ro {}", ro.display()));
+    let o = Command::new(FSD)
+        .arg("mount")
+        .arg(&other)
+        .arg("--state")
+        .arg(ro.join("state"))
+        .output()
+        .unwrap();
+    sh(&format!("umount {}", ro.display()));
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("not writable") && err.contains("Read-only"),
+        "{err}"
+    );
     // A config file with a typo.
     let cfg = d.dir.path().join("bad.toml");
     std::fs::write(&cfg, "[mount]\nthreadz = 2\n").unwrap();

@@ -102,15 +102,21 @@ pub fn prepare_state_dir(dir: &Path) -> std::result::Result<(), Fatal> {
         }
         Err(e) => return fail(format!("state directory {}: {e}", dir.display())),
     }
-    let probe = dir.join(format!(".fsd-probe-{}", std::process::id()));
-    match File::create(&probe) {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
+    // Checked, not probed with a scratch file: the kernel answers for the
+    // effective user and for read-only filesystems (EROFS) without a create
+    // and an unlink in the journal on every start.
+    use nix::unistd::{AccessFlags, faccessat};
+    match faccessat(
+        nix::fcntl::AT_FDCWD,
+        dir,
+        AccessFlags::W_OK | AccessFlags::X_OK,
+        nix::fcntl::AtFlags::AT_EACCESS,
+    ) {
+        Ok(()) => Ok(()),
         Err(e) => fail(format!(
-            "state directory {}: not writable: {e}",
-            dir.display()
+            "state directory {}: not writable: {}",
+            dir.display(),
+            std::io::Error::from(e)
         )),
     }
 }
