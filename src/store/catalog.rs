@@ -322,10 +322,12 @@ impl Catalog {
         Ok(())
     }
 
-    /// Makes every committed transaction durable against power loss.
+    /// Makes every committed transaction durable against power loss and
+    /// empties the WAL (the daemon calls it at exit), so the next start has
+    /// no frames to read back.
     pub fn sync(&self) -> Result<()> {
         self.conn()
-            .query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 
@@ -644,6 +646,18 @@ mod tests {
             wal > 2500 * 4096,
             "WAL of {wal} bytes: it was checkpointed and restarted"
         );
+        c.sync().unwrap();
+        let wal = std::fs::metadata(d.path().join("catalog.db-wal"))
+            .unwrap()
+            .len();
+        assert_eq!(wal, 0, "the exit checkpoint leaves an empty WAL");
+        drop(c);
+        let c = Catalog::open(&p).unwrap();
+        let n: i64 = c
+            .conn()
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3000);
     }
 
     #[test]
