@@ -231,6 +231,8 @@ pub struct Catalog {
 impl Catalog {
     /// Opens (creating if needed) and migrates the catalog at `path`.
     pub fn open(path: &Path) -> Result<Self> {
+        // A new catalog is created and migrated without fsyncs (see below).
+        let fresh = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
         let conn = Connection::open(path).map_err(|e| {
             Error::new(
                 ErrorKind::Io,
@@ -238,10 +240,6 @@ impl Catalog {
             )
         })?;
         conn.execute_batch(
-            // EXCLUSIVE: the daemon is the catalog's only user (the state
-            // directory is locked), so SQLite can skip a pair of fcntl
-            // locks and the shared-memory index on every transaction.
-            //
             // wal_autocheckpoint 16384 pages (64 MiB): a checkpoint runs on
             // the committing request's thread and costs two fsyncs. At
             // SQLite's default of 1000 pages a burst of unlinks (about 10
@@ -254,10 +252,7 @@ impl Catalog {
             // trims the WAL back after one very large transaction without
             // shrinking it in the normal cycle (a WAL that is overwritten
             // in place is cheaper to append to than one re-allocated).
-            "PRAGMA locking_mode=EXCLUSIVE;
-             PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=NORMAL;
-             PRAGMA foreign_keys=ON;
+            "PRAGMA foreign_keys=ON;
              PRAGMA busy_timeout=10000;
              PRAGMA temp_store=MEMORY;
              PRAGMA cache_size=-65536;
@@ -270,11 +265,39 @@ impl Catalog {
                 format!("{}: cannot configure the catalog: {e}", path.display()),
             )
         })?;
+        if fresh {
+            // Switching a new database to WAL goes through a rollback
+            // journal, and creating the WAL syncs it and its directory: six
+            // fsyncs (about 1 ms here) before the first volume is attached.
+            // None of it protects anything yet: an empty catalog lost to a
+            // power cut comes back empty or missing, which is the same
+            // state, and SQLite checksums WAL frames. Any later fsync
+            // (a file's, or the exit checkpoint) makes it durable with the
+            // rest.
+            conn.execute_batch("PRAGMA synchronous=OFF;")
+                .map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", path.display())))?;
+        }
+        conn.execute_batch(
+            // EXCLUSIVE: the daemon is the catalog's only user (the state
+            // directory is locked), so SQLite can skip a pair of fcntl
+            // locks and the shared-memory index on every transaction.
+            "PRAGMA locking_mode=EXCLUSIVE;
+             PRAGMA journal_mode=WAL;",
+        )
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("{}: cannot configure the catalog: {e}", path.display()),
+            )
+        })?;
         let cat = Catalog {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
         };
         cat.migrate()?;
+        cat.conn()
+            .execute_batch("PRAGMA synchronous=NORMAL;")
+            .map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", path.display())))?;
         Ok(cat)
     }
 
@@ -613,11 +636,19 @@ mod tests {
         let p = d.path().join("catalog.db");
         let c = Catalog::open(&p).unwrap();
         assert_eq!(c.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        // Created without fsyncs, but never left that way.
+        let sync = |c: &Catalog| -> i64 {
+            c.conn()
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(sync(&c), 1, "synchronous=NORMAL after creation");
         let slot = c
             .insert_volume(&rec("vol-1", Some("a"), Some("/m.tar")), Some((1, b"idx")))
             .unwrap();
         drop(c);
         let c = Catalog::open(&p).unwrap();
+        assert_eq!(sync(&c), 1, "synchronous=NORMAL after reopening");
         let v = c.find_volume("a").unwrap().unwrap();
         assert_eq!(v.slot, slot);
         assert_eq!(v.id, "vol-1");
@@ -675,6 +706,13 @@ mod tests {
         drop(conn);
         let c = Catalog::open(&p).unwrap();
         assert_eq!(c.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        // Created without fsyncs, but never left that way.
+        let sync = |c: &Catalog| -> i64 {
+            c.conn()
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(sync(&c), 1, "synchronous=NORMAL after creation");
         let v = c.find_volume("vol-old").unwrap().unwrap();
         assert_eq!(v.root_ino, None);
         c.set_treehash(v.slot, 5, "ab").unwrap();
