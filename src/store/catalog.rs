@@ -231,7 +231,6 @@ pub struct Catalog {
 impl Catalog {
     /// Opens (creating if needed) and migrates the catalog at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        // A new catalog is created and migrated without fsyncs (see below).
         let fresh = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
         let conn = Connection::open(path).map_err(|e| {
             Error::new(
@@ -239,65 +238,61 @@ impl Catalog {
                 format!("{}: cannot open the catalog: {e}", path.display()),
             )
         })?;
-        conn.execute_batch(
-            // wal_autocheckpoint 16384 pages (64 MiB): a checkpoint runs on
-            // the committing request's thread and costs two fsyncs. At
-            // SQLite's default of 1000 pages a burst of unlinks (about 10
-            // pages each) checkpointed every ~100 files, which was a
-            // quarter of `rm -r`'s time; checkpointing less often also
-            // writes each hot page (a directory's dentries) once per
-            // checkpoint instead of once per 100 operations. Durability is
-            // unchanged: a commit is in the WAL either way (crash-safe), and
-            // fsync makes it power-safe with syncfs. journal_size_limit
-            // trims the WAL back after one very large transaction without
-            // shrinking it in the normal cycle (a WAL that is overwritten
-            // in place is cheaper to append to than one re-allocated).
-            "PRAGMA foreign_keys=ON;
-             PRAGMA busy_timeout=10000;
-             PRAGMA temp_store=MEMORY;
-             PRAGMA cache_size=-65536;
-             PRAGMA wal_autocheckpoint=16384;
-             PRAGMA journal_size_limit=134217728;",
-        )
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                format!("{}: cannot configure the catalog: {e}", path.display()),
-            )
-        })?;
-        if fresh {
-            // Switching a new database to WAL goes through a rollback
-            // journal, and creating the WAL syncs it and its directory: six
-            // fsyncs (about 1 ms here) before the first volume is attached.
-            // None of it protects anything yet: an empty catalog lost to a
-            // power cut comes back empty or missing, which is the same
-            // state, and SQLite checksums WAL frames. Any later fsync
-            // (a file's, or the exit checkpoint) makes it durable with the
-            // rest.
-            conn.execute_batch("PRAGMA synchronous=OFF;")
-                .map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", path.display())))?;
-        }
-        conn.execute_batch(
-            // EXCLUSIVE: the daemon is the catalog's only user (the state
-            // directory is locked), so SQLite can skip a pair of fcntl
-            // locks and the shared-memory index on every transaction.
-            "PRAGMA locking_mode=EXCLUSIVE;
-             PRAGMA journal_mode=WAL;",
-        )
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                format!("{}: cannot configure the catalog: {e}", path.display()),
-            )
-        })?;
+        let configure = |conn: &Connection, sql: &str| {
+            conn.execute_batch(sql).map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("{}: cannot configure the catalog: {e}", path.display()),
+                )
+            })
+        };
+        // EXCLUSIVE: the daemon is the catalog's only user (the state
+        // directory is locked), so SQLite can skip a pair of fcntl locks and
+        // the shared-memory index on every transaction.
+        //
+        // synchronous=OFF for a new catalog, until it is migrated: switching
+        // a new database to WAL goes through a rollback journal, and creating
+        // the WAL syncs it and its directory, six fsyncs (about 1 ms here)
+        // before the first volume is attached. None of it protects anything
+        // yet: an empty catalog lost to a power cut comes back empty or
+        // missing, which is the same state, and SQLite checksums WAL frames.
+        // Any later fsync (a file's, or the exit checkpoint) makes it durable
+        // with the rest. It is set before journal_mode, which it governs.
+        //
+        // wal_autocheckpoint 16384 pages (64 MiB): a checkpoint runs on the
+        // committing request's thread and costs two fsyncs. At SQLite's
+        // default of 1000 pages a burst of unlinks (about 10 pages each)
+        // checkpointed every ~100 files, which was a quarter of `rm -r`'s
+        // time; checkpointing less often also writes each hot page (a
+        // directory's dentries) once per checkpoint instead of once per 100
+        // operations. Durability is unchanged: a commit is in the WAL either
+        // way (crash-safe), and fsync makes it power-safe with syncfs.
+        // journal_size_limit trims the WAL back after one very large
+        // transaction without shrinking it in the normal cycle (a WAL that is
+        // overwritten in place is cheaper to append to than one re-allocated).
+        configure(
+            &conn,
+            &format!(
+                "PRAGMA locking_mode=EXCLUSIVE;
+                 PRAGMA synchronous={};
+                 PRAGMA journal_mode=WAL;
+                 PRAGMA foreign_keys=ON;
+                 PRAGMA busy_timeout=10000;
+                 PRAGMA temp_store=MEMORY;
+                 PRAGMA cache_size=-65536;
+                 PRAGMA wal_autocheckpoint=16384;
+                 PRAGMA journal_size_limit=134217728;",
+                if fresh { "OFF" } else { "NORMAL" }
+            ),
+        )?;
         let cat = Catalog {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
         };
         cat.migrate()?;
-        cat.conn()
-            .execute_batch("PRAGMA synchronous=NORMAL;")
-            .map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", path.display())))?;
+        if fresh {
+            configure(&cat.conn(), "PRAGMA synchronous=NORMAL;")?;
+        }
         Ok(cat)
     }
 
@@ -630,6 +625,13 @@ mod tests {
         }
     }
 
+    /// The catalog's `PRAGMA synchronous` (1 = NORMAL).
+    fn sync(c: &Catalog) -> i64 {
+        c.conn()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
     #[test]
     fn migrates_and_reopens() {
         let d = tempfile::tempdir().unwrap();
@@ -637,11 +639,6 @@ mod tests {
         let c = Catalog::open(&p).unwrap();
         assert_eq!(c.schema_version().unwrap(), MIGRATIONS.len() as u32);
         // Created without fsyncs, but never left that way.
-        let sync = |c: &Catalog| -> i64 {
-            c.conn()
-                .query_row("PRAGMA synchronous", [], |r| r.get(0))
-                .unwrap()
-        };
         assert_eq!(sync(&c), 1, "synchronous=NORMAL after creation");
         let slot = c
             .insert_volume(&rec("vol-1", Some("a"), Some("/m.tar")), Some((1, b"idx")))
@@ -706,13 +703,7 @@ mod tests {
         drop(conn);
         let c = Catalog::open(&p).unwrap();
         assert_eq!(c.schema_version().unwrap(), MIGRATIONS.len() as u32);
-        // Created without fsyncs, but never left that way.
-        let sync = |c: &Catalog| -> i64 {
-            c.conn()
-                .query_row("PRAGMA synchronous", [], |r| r.get(0))
-                .unwrap()
-        };
-        assert_eq!(sync(&c), 1, "synchronous=NORMAL after creation");
+        assert_eq!(sync(&c), 1, "synchronous=NORMAL after an upgrade");
         let v = c.find_volume("vol-old").unwrap().unwrap();
         assert_eq!(v.root_ino, None);
         c.set_treehash(v.slot, 5, "ab").unwrap();
