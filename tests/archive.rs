@@ -536,7 +536,19 @@ fn real_world_crate_and_wheel() {
     let reference = d.dir.path().join("ref-crate");
     tar_extract(&tar, &reference);
     let id = d.attach(&tar);
-    check_volume(&d, &id, &reference, true, TAR_CMP);
+    // `cargo package` writes no directory entries either, so tar -x stamps
+    // the crate's directories with the time of extraction and fsd with the
+    // time of attach: they differ whenever a second boundary falls between.
+    check_volume(
+        &d,
+        &id,
+        &reference,
+        true,
+        Cmp {
+            dir_mtime: false,
+            ..TAR_CMP
+        },
+    );
 
     // A wheel bundled with CPython's ensurepip, as a zip.
     let wheel = run(Command::new("python3").arg("-c").arg(
