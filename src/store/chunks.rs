@@ -638,10 +638,26 @@ impl ChunkStore {
     /// `also` runs under the pin lock, so no writer can pin the hash
     /// between the catalog deciding the chunk is free and the removal.
     pub fn remove_unpinned(&self, h: &Hash, also: impl FnOnce() -> Result<bool>) -> Result<bool> {
+        Ok(self.remove_unless_pinned(h, also)? == Some(true))
+    }
+
+    /// [`remove_unpinned`](Self::remove_unpinned) that also says why a chunk
+    /// stayed: `None` if it was pinned, decided under the pin lock. Asking
+    /// [`is_pinned`](Self::is_pinned) afterwards races the pin's release:
+    /// a reader that lets go in between leaves a chunk that is neither
+    /// removed nor remembered for a retry.
+    pub fn remove_unless_pinned(
+        &self,
+        h: &Hash,
+        also: impl FnOnce() -> Result<bool>,
+    ) -> Result<Option<bool>> {
+        let mut asked = false;
         let n = self.remove_unpinned_batch(std::slice::from_ref(h), |_| {
+            asked = true;
             Ok(if also()? { vec![*h] } else { Vec::new() })
         })?;
-        Ok(n == 1)
+        // `also` runs only for the hashes not pinned.
+        Ok(asked.then_some(n == 1))
     }
 
     /// Every chunk file in the store.
@@ -982,8 +998,14 @@ mod tests {
         let pin = s.put(&data(10, 1)).unwrap();
         let h = *pin.hash();
         assert!(!s.remove_unpinned(&h, || Ok(true)).unwrap());
+        assert_eq!(s.remove_unless_pinned(&h, || Ok(true)).unwrap(), None);
         assert!(s.contains(&h));
         drop(pin);
+        assert_eq!(
+            s.remove_unless_pinned(&h, || Ok(false)).unwrap(),
+            Some(false),
+            "unpinned, kept because the catalog uses it"
+        );
         assert!(
             !s.remove_unpinned(&h, || Ok(false)).unwrap(),
             "catalog still uses it"

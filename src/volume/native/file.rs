@@ -1038,11 +1038,16 @@ impl Files {
 /// Removes an uncommitted chunk's file unless the catalog references it;
 /// if someone holds a pin on it right now, remembers it for later.
 pub(super) fn discard_one(env: &Env, h: Hash) {
-    let removed = env
+    match env
         .store
-        .remove_unpinned(&h, || Ok(!meta::chunk_known(&env.catalog.conn(), &h)?));
-    if !matches!(removed, Ok(true)) && env.store.is_pinned(&h) {
-        env.stale.lock().insert(h);
+        .remove_unless_pinned(&h, || Ok(!meta::chunk_known(&env.catalog.conn(), &h)?))
+    {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            env.stale.lock().insert(h);
+        }
+        // Start-up's orphan check removes a file left here.
+        Err(e) => tracing::warn!("discarding chunk {}: {e}", crate::store::chunks::hex(&h)),
     }
 }
 
