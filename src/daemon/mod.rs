@@ -340,6 +340,8 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str)) -> std::result::Result
     }
     sigs.thread_block()
         .map_err(|e| failed(Error::new(ErrorKind::Io, format!("blocking signals: {e}"))))?;
+    // After the signal mask, which the thread inherits.
+    crate::volume::archive::zip::preload_time_zone();
 
     // Catalog, chunks and caches are private to the daemon's user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
