@@ -933,6 +933,25 @@ fn daemon_refusals() {
         err.contains("not writable") && err.contains("Read-only"),
         "{err}"
     );
+    // A catalog's write-ahead log without the catalog: refused, kept.
+    let orphan = d.dir.path().join("s5");
+    std::fs::create_dir(&orphan).unwrap();
+    std::fs::write(orphan.join("catalog.db-wal"), vec![1u8; 4128]).unwrap();
+    let o = Command::new(FSD)
+        .arg("mount")
+        .arg(&other)
+        .arg("--state")
+        .arg(&orphan)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("catalog.db-wal holds 4128 bytes"), "{err}");
+    assert_eq!(
+        std::fs::metadata(orphan.join("catalog.db-wal")).unwrap().len(),
+        4128
+    );
+    assert!(!orphan.join("catalog.db").exists());
     // A config file with a typo.
     let cfg = d.dir.path().join("bad.toml");
     std::fs::write(&cfg, "[mount]\nthreadz = 2\n").unwrap();
