@@ -948,7 +948,9 @@ fn daemon_refusals() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("catalog.db-wal holds 4128 bytes"), "{err}");
     assert_eq!(
-        std::fs::metadata(orphan.join("catalog.db-wal")).unwrap().len(),
+        std::fs::metadata(orphan.join("catalog.db-wal"))
+            .unwrap()
+            .len(),
         4128
     );
     assert!(!orphan.join("catalog.db").exists());
