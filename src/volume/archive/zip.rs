@@ -558,23 +558,22 @@ fn dos_mtime(dt: DateTime) -> Option<i64> {
     (t != -1).then_some(t as i64)
 }
 
-/// Loads the local time zone in the background. [`dos_mtime`] converts with
-/// `mktime`, whose first call reads `/etc/localtime` and the zone file it
-/// links to; with cold caches (after boot, or on a busy host) those lookups
-/// are several disk reads, about 0.9 ms here, on the path of the first zip
-/// attach. The daemon calls this first thing, so the reads overlap opening
-/// the catalog; a later `mktime` finds the zone loaded (glibc serialises
-/// both under one lock, so it can only wait, never see a half-loaded zone).
-pub fn preload_time_zone() {
+/// Loads the local time zone now. [`dos_mtime`] converts with `mktime`,
+/// whose first call reads `/etc/localtime` and the zone file it links to;
+/// with cold caches (after boot, or on a busy host) those lookups are
+/// several disk reads, about 0.9 ms here, on the path of the first zip
+/// attach. The daemon calls this from its start-up prefetch thread, so the
+/// reads overlap opening the catalog; a later `mktime` finds the zone loaded
+/// (glibc serialises both under one lock, so it can only wait, never see a
+/// half-loaded zone).
+pub fn load_time_zone() {
     // POSIX; the libc crate does not declare it.
     unsafe extern "C" {
         fn tzset();
     }
-    let _ = std::thread::Builder::new()
-        .name("fsd-tz".into())
-        // SAFETY: tzset takes no arguments and glibc makes it thread-safe;
-        // fsd never changes TZ after start.
-        .spawn(|| unsafe { tzset() });
+    // SAFETY: tzset takes no arguments and glibc makes it thread-safe; fsd
+    // never changes TZ after start.
+    unsafe { tzset() }
 }
 
 /// Names a compression method for the warning that skips its member.
