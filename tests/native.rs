@@ -768,6 +768,37 @@ print(resident, pages)
 /// rest arrives: each chunk of a sequential write is written once. The
 /// pieces here come from one thread in reverse order, so the order is
 /// certain.
+/// A close by a process that never wrote through the file (here the
+/// children of fork+exec, whose exec closes the descriptor they inherited)
+/// commits nothing: before, each one sealed the half-written chunk, which
+/// the rest of the write then superseded.
+#[test]
+fn a_forked_childs_close_does_not_commit_partial_chunks() {
+    use std::os::unix::fs::FileExt;
+    let mut d = Daemon::start();
+    let (_, v) = create(&d, "fork");
+    let want = pattern(78, 2 << 20);
+    let f = std::fs::File::create_new(v.join("f")).unwrap();
+    f.write_all_at(&want[..512 << 10], 0).unwrap();
+    for _ in 0..3 {
+        let st = Command::new("true").status().unwrap();
+        assert!(st.success());
+    }
+    f.write_all_at(&want[512 << 10..], 512 << 10).unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(v.join("f")).unwrap(), want);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(chunk_files(&d.state), 2);
+    assert!(
+        spare_sizes(&d.state).is_empty(),
+        "a superseded chunk was collected: {:?}",
+        spare_sizes(&d.state)
+    );
+    // The writer's own close committed: the file survives a restart.
+    d.restart();
+    assert_eq!(std::fs::read(d.vol("fork").join("f")).unwrap(), want);
+}
+
 #[test]
 fn reordered_pieces_seal_each_chunk_once() {
     use std::os::unix::fs::FileExt;

@@ -101,6 +101,55 @@ pub struct Handle {
     pub ino: u64,
     pub vol: Option<Arc<Mounted>>,
     pub file: Arc<dyn OpenFile>,
+    /// Who wrote through this handle; decides which closes commit.
+    pub writers: Writers,
+}
+
+/// The writers of one open file description, by the kernel's lock owner
+/// (an id of the writing process's descriptor table, which its threads
+/// share and a forked child does not).
+///
+/// FUSE sends FLUSH on every close(2) of a descriptor, including the
+/// copies a fork hands to a child, which exec closes at once. A native
+/// file commits on flush, so before, any program that forked while another
+/// thread was writing a file (a build tool, a test runner, a shell) made
+/// the file commit half-written chunks, which the later writes then
+/// superseded: a chunk written twice and a catalog transaction per fork.
+/// Now a close commits when its process wrote through the handle, or when
+/// a writer is unknown (writes through the kernel's page cache and copies
+/// carry no lock owner). Nothing is left uncommitted by skipping: the
+/// handle's release, when its last descriptor closes, commits as before.
+#[derive(Default)]
+pub struct Writers(parking_lot::Mutex<WriterSet>);
+
+#[derive(Default)]
+struct WriterSet {
+    owners: Vec<u64>,
+    /// A write whose owner is not known, or more owners than are kept.
+    unknown: bool,
+}
+
+/// Distinct owners kept per handle; more make every close commit.
+const MAX_WRITERS: usize = 8;
+
+impl Writers {
+    /// Records a write by `owner` (None: not known).
+    pub fn wrote(&self, owner: Option<u64>) {
+        let mut w = self.0.lock();
+        match owner {
+            _ if w.unknown => {}
+            None => w.unknown = true,
+            Some(o) if w.owners.contains(&o) => {}
+            Some(_) if w.owners.len() >= MAX_WRITERS => w.unknown = true,
+            Some(o) => w.owners.push(o),
+        }
+    }
+
+    /// Whether a close by `owner` should commit.
+    pub fn commits_on_close_by(&self, owner: u64) -> bool {
+        let w = self.0.lock();
+        w.unknown || w.owners.contains(&owner)
+    }
 }
 
 impl Drop for Handle {
@@ -517,6 +566,7 @@ impl Core {
                     ino,
                     vol: Some(m),
                     file,
+                    writers: Writers::default(),
                 });
                 Ok((fh, opts))
             }
@@ -528,6 +578,7 @@ impl Core {
                     ino,
                     vol: Some(m),
                     file,
+                    writers: Writers::default(),
                 });
                 Ok((fh, opts))
             }
@@ -566,12 +617,22 @@ impl Core {
         self.handle(fh)?.file.read(offset, size, out)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
-        self.handle(fh)?.file.write(offset, data)
+    /// Writes through handle `fh` on behalf of `owner`, the kernel's lock
+    /// owner of the writing process (None if the kernel did not say).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], owner: Option<u64>) -> Result<u32> {
+        let h = self.handle(fh)?;
+        h.writers.wrote(owner);
+        h.file.write(offset, data)
     }
 
-    pub fn flush(&self, fh: u64) -> Result<()> {
-        self.handle(fh)?.file.flush()
+    /// A close(2) by `owner` of a descriptor of handle `fh` (FUSE flush):
+    /// commits unless `owner` never wrote through it (see [`Writers`]).
+    pub fn flush(&self, fh: u64, owner: u64) -> Result<()> {
+        let h = self.handle(fh)?;
+        if !h.writers.commits_on_close_by(owner) {
+            return Ok(());
+        }
+        h.file.flush()
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
@@ -723,6 +784,7 @@ impl Core {
             ino,
             vol: Some(m),
             file,
+            writers: Writers::default(),
         });
         Ok((Self::globalize(slot, a), ttl, fh, opts))
     }
@@ -831,6 +893,8 @@ impl Core {
         if matches!(decode(dst.ino), Some(Ino::MediaFile(_))) {
             return err(ErrorKind::ReadOnly);
         }
+        // copy_file_range carries no lock owner.
+        dst.writers.wrote(None);
         // The reply carries a 32-bit count; the kernel asks for at most
         // 2 GiB at a time anyway.
         let len = len.min(1 << 31);

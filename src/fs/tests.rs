@@ -241,3 +241,24 @@ fn only_fixed_listings_are_cacheable() {
     let (file, _) = core.lookup(dir.ino, b"file").unwrap();
     assert!(core.opendir(file.ino).is_err());
 }
+
+#[test]
+fn only_writers_closes_commit() {
+    let w = Writers::default();
+    assert!(!w.commits_on_close_by(7), "nobody wrote: no close commits");
+    w.wrote(Some(7));
+    w.wrote(Some(7));
+    assert!(w.commits_on_close_by(7));
+    assert!(
+        !w.commits_on_close_by(8),
+        "a process that only inherited it"
+    );
+    for o in 100..100 + MAX_WRITERS as u64 {
+        w.wrote(Some(o));
+    }
+    assert!(w.commits_on_close_by(8), "too many writers to tell apart");
+    let w = Writers::default();
+    w.wrote(Some(7));
+    w.wrote(None);
+    assert!(w.commits_on_close_by(8), "a write without an owner");
+}

@@ -363,10 +363,10 @@ impl Filesystem for FuseFs {
         data: &[u8],
         _write_flags: WriteFlags,
         _flags: FuseOpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.core.write(fh.0, offset, data) {
+        match self.core.write(fh.0, offset, data, lock_owner.map(|o| o.0)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
@@ -377,10 +377,10 @@ impl Filesystem for FuseFs {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.core.flush(fh.0));
+        reply_empty(reply, self.core.flush(fh.0, lock_owner.0));
     }
 
     fn release(
