@@ -263,34 +263,19 @@ impl<FS: Filesystem> Session<FS> {
             ));
         }
 
-        let Some(n_threads_minus_one) = n_threads.checked_sub(1) else {
+        if n_threads == 0 {
             return Err(io::Error::other("n_threads"));
-        };
+        }
 
         let mut filesystem = Arc::new(filesystem);
 
-        let mut channels = Vec::with_capacity(n_threads);
-
-        for _ in 0..n_threads_minus_one {
-            if config.clone_fd {
-                #[cfg(target_os = "linux")]
-                {
-                    channels.push(ch.clone_fd()?);
-                    continue;
-                }
-                #[cfg(not(target_os = "linux"))]
-                {
-                    return Err(io::Error::other("clone_fd is only supported on Linux"));
-                }
-            } else {
-                channels.push(ch.clone());
-            }
-        }
-        channels.push(ch);
-
+        // fsd patch: the first worker reads from the session's own channel
+        // and starts before the others' channels are cloned (an open of
+        // /dev/fuse and an ioctl each), so the first requests after the
+        // mount do not wait for every worker to be set up. A clone that
+        // fails after that leaves the session with fewer workers.
         let mut threads = Vec::with_capacity(n_threads);
-
-        for (i, ch) in channels.into_iter().enumerate() {
+        let spawn = |i: usize, ch: Channel| {
             let thread_name = format!("fuser-{i}");
             let event_loop = SessionEventLoop {
                 thread_name: thread_name.clone(),
@@ -299,12 +284,33 @@ impl<FS: Filesystem> Session<FS> {
                 allowed,
                 session_owner,
             };
-            threads.push(
-                thread::Builder::new()
-                    .name(thread_name)
-                    .spawn(move || event_loop.event_loop())?,
-            );
+            thread::Builder::new()
+                .name(thread_name)
+                .spawn(move || event_loop.event_loop())
+        };
+        threads.push(spawn(0, ch.clone())?);
+        for i in 1..n_threads {
+            let next = if config.clone_fd {
+                #[cfg(target_os = "linux")]
+                {
+                    ch.clone_fd()
+                }
+                #[cfg(not(target_os = "linux"))]
+                {
+                    Err(io::Error::other("clone_fd is only supported on Linux"))
+                }
+            } else {
+                Ok(ch.clone())
+            };
+            match next.and_then(|c| spawn(i, c)) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    warn!("FUSE worker {i} not started: {e}");
+                    break;
+                }
+            }
         }
+        drop(ch);
 
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
