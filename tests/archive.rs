@@ -863,6 +863,30 @@ fn unreadable_medium_is_refused_for_other_users() {
     assert_eq!(d.json(&["volumes"]), serde_json::json!([]));
 }
 
+/// The mount's read-ahead is raised to `mount.read_ahead_kb` (1024 KiB by
+/// default, the kernel's is 128), found through mountinfo.
+#[test]
+fn read_ahead_is_raised_on_the_mount() {
+    use std::os::unix::fs::MetadataExt;
+    let d = Daemon::start();
+    let dev = std::fs::metadata(&d.mnt).unwrap().dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    // Set just after the mount appears: wait for it briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let kb = std::fs::read_to_string(&path).unwrap();
+        if kb.trim() == "1024" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{path}: {kb}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn daemon_refusals() {
     let d = Daemon::start();

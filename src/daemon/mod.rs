@@ -6,7 +6,7 @@ mod service;
 
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -178,35 +178,44 @@ pub fn lock_state_dir(dir: &Path) -> std::result::Result<StateLock, Fatal> {
     }
 }
 
-/// Mount points of this mount namespace, unescaped from /proc/self/mountinfo.
-fn mount_points() -> Vec<PathBuf> {
+/// The mounts of this mount namespace from /proc/self/mountinfo, in mount
+/// order: each one's mount point (unescaped) and device number.
+fn mounts() -> Vec<(PathBuf, Option<(u32, u32)>)> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| {
-            // mountinfo escapes space, tab, newline and backslash as \ooo.
-            let b = p.as_bytes();
-            let mut out = Vec::with_capacity(b.len());
-            let mut i = 0;
-            while i < b.len() {
-                let octal = b
-                    .get(i + 1..i + 4)
-                    .and_then(|d| std::str::from_utf8(d).ok())
-                    .and_then(|d| u8::from_str_radix(d, 8).ok());
-                match (b[i], octal) {
-                    (b'\\', Some(v)) => {
-                        out.push(v);
-                        i += 4;
-                    }
-                    (c, _) => {
-                        out.push(c);
-                        i += 1;
-                    }
-                }
-            }
-            PathBuf::from(std::ffi::OsStr::from_bytes(&out))
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let dev = f.nth(2).and_then(|d| {
+                let (ma, mi) = d.split_once(':')?;
+                Some((ma.parse().ok()?, mi.parse().ok()?))
+            });
+            Some((unescape_mountinfo(f.nth(1)?), dev))
         })
         .collect()
+}
+
+/// A mountinfo path: space, tab, newline and backslash are escaped as \ooo.
+fn unescape_mountinfo(p: &str) -> PathBuf {
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match (b[i], octal) {
+            (b'\\', Some(v)) => {
+                out.push(v);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
 }
 
 /// Checks that `mp` exists, is a directory and is not already mounted on.
@@ -243,7 +252,7 @@ pub fn check_mountpoint(mp: &Path) -> std::result::Result<PathBuf, Fatal> {
         }
         Err(e) => return fail(ErrorKind::Invalid, format!("mountpoint {shown}: {e}")),
     }
-    if mount_points().iter().any(|p| p == &canon) {
+    if mounts().iter().any(|(p, _)| p == &canon) {
         return fail(
             ErrorKind::Busy,
             format!("mountpoint {shown}: something is already mounted there; unmount it first"),
@@ -263,15 +272,24 @@ fn raise_fd_limit() {
 
 /// Raises the kernel read-ahead of the mount so sequential reads arrive as
 /// 1 MiB requests. Best effort: a failure only costs speed.
+///
+/// The mount's device number comes from mountinfo (the last mount on the
+/// path is ours), not from a stat of the mountpoint: that stat is a FUSE
+/// request served by the daemon's own workers just as the first requests
+/// of a caller arrive, and while it runs the mount is busy, so an unmount
+/// issued at that moment failed with EBUSY.
 fn set_read_ahead(mountpoint: &Path, kb: u32) {
     if kb == 0 {
         return;
     }
-    let Ok(m) = std::fs::metadata(mountpoint) else {
+    let Some((major, minor)) = mounts()
+        .into_iter()
+        .rev()
+        .find(|(p, _)| p == mountpoint)
+        .and_then(|(_, dev)| dev)
+    else {
         return;
     };
-    let dev = m.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
     let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
     match std::fs::write(&path, kb.to_string()) {
         Ok(()) => tracing::debug!("read-ahead set to {kb} KiB ({path})"),
@@ -529,4 +547,24 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str)) -> std::result::Result
     }
     tracing::info!("fsd stopped");
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_and_devices() {
+        assert_eq!(
+            unescape_mountinfo("/mnt/a\\040b\\011c\\134d"),
+            PathBuf::from("/mnt/a b\tc\\d")
+        );
+        assert_eq!(unescape_mountinfo("/x\\09"), PathBuf::from("/x\\09"));
+        let root = mounts();
+        let (_, dev) = root
+            .iter()
+            .find(|(p, _)| p == Path::new("/"))
+            .expect("/ is mounted");
+        assert!(dev.is_some(), "the root's device number is parsed");
+    }
 }
