@@ -13,6 +13,8 @@ use std::os::fd::BorrowedFd;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::thread::{self};
 
@@ -269,12 +271,21 @@ impl<FS: Filesystem> Session<FS> {
 
         let mut filesystem = Arc::new(filesystem);
 
-        // fsd patch: the first worker reads from the session's own channel
-        // and starts before the others' channels are cloned (an open of
-        // /dev/fuse and an ioctl each), so the first requests after the
-        // mount do not wait for every worker to be set up. A clone that
-        // fails after that leaves the session with fewer workers.
-        let mut threads = Vec::with_capacity(n_threads);
+        // fsd patch: workers start on demand, up to n_threads, as in
+        // libfuse's multi-threaded loop. The first reads from the session's
+        // own channel; when a worker takes a request and no other is idle,
+        // it asks this thread for one more (a clone of the channel: an open
+        // of /dev/fuse and an ioctl, plus a thread), so a request never
+        // waits for a spawn and a mount that serves one request at a time
+        // costs one thread, not n_threads. A clone or spawn that fails
+        // leaves the session with the workers it has.
+        let (events, inbox) = mpsc::channel::<PoolEvent>();
+        let pool = Arc::new(Pool {
+            idle: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            max: n_threads,
+            events: std::sync::Mutex::new(events),
+        });
         let spawn = |i: usize, ch: Channel| {
             let thread_name = format!("fuser-{i}");
             let event_loop = SessionEventLoop {
@@ -283,47 +294,75 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                pool: Some(pool.clone()),
             };
-            thread::Builder::new()
-                .name(thread_name)
-                .spawn(move || event_loop.event_loop())
+            pool.idle.fetch_add(1, Ordering::AcqRel);
+            pool.started.fetch_add(1, Ordering::AcqRel);
+            let exits = pool.clone();
+            let r = thread::Builder::new().name(thread_name).spawn(move || {
+                let r = event_loop.event_loop();
+                exits.send(PoolEvent::Exited(r));
+            });
+            if r.is_err() {
+                pool.idle.fetch_sub(1, Ordering::AcqRel);
+                pool.started.fetch_sub(1, Ordering::AcqRel);
+            }
+            r
         };
-        threads.push(spawn(0, ch.clone())?);
-        for i in 1..n_threads {
-            let next = if config.clone_fd {
-                #[cfg(target_os = "linux")]
-                {
-                    ch.clone_fd()
+        let mut threads = vec![spawn(0, ch.clone())?];
+        let mut reply: io::Result<()> = Ok(());
+        let mut live = 1;
+        let mut can_grow = true;
+        while live > 0 {
+            let Ok(event) = inbox.recv() else { break };
+            match event {
+                PoolEvent::Busy => {
+                    if !can_grow
+                        || pool.idle.load(Ordering::Acquire) > 0
+                        || threads.len() >= n_threads
+                    {
+                        continue;
+                    }
+                    let i = threads.len();
+                    let next = if config.clone_fd {
+                        #[cfg(target_os = "linux")]
+                        {
+                            ch.clone_fd()
+                        }
+                        #[cfg(not(target_os = "linux"))]
+                        {
+                            Err(io::Error::other("clone_fd is only supported on Linux"))
+                        }
+                    } else {
+                        Ok(ch.clone())
+                    };
+                    match next.and_then(|c| spawn(i, c)) {
+                        Ok(t) => {
+                            threads.push(t);
+                            live += 1;
+                        }
+                        Err(e) => {
+                            warn!("FUSE worker {i} not started: {e}");
+                            can_grow = false;
+                            // No more workers will be asked for.
+                            pool.started.store(n_threads, Ordering::Release);
+                        }
+                    }
                 }
-                #[cfg(not(target_os = "linux"))]
-                {
-                    Err(io::Error::other("clone_fd is only supported on Linux"))
-                }
-            } else {
-                Ok(ch.clone())
-            };
-            match next.and_then(|c| spawn(i, c)) {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    warn!("FUSE worker {i} not started: {e}");
-                    break;
+                PoolEvent::Exited(r) => {
+                    live -= 1;
+                    if let Err(e) = r {
+                        if reply.is_ok() {
+                            reply = Err(e);
+                        }
+                    }
                 }
             }
         }
         drop(ch);
-
-        let mut reply: io::Result<()> = Ok(());
         for thread in threads {
-            let res = match thread.join() {
-                Ok(res) => res,
-                Err(_) => {
-                    return Err(io::Error::other("event loop thread panicked"));
-                }
-            };
-            if let Err(e) = res {
-                if reply.is_ok() {
-                    reply = Err(e);
-                }
+            if thread.join().is_err() {
+                return Err(io::Error::other("event loop thread panicked"));
             }
         }
 
@@ -524,6 +563,47 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    /// fsd patch: the on-demand worker pool this loop belongs to.
+    pub(crate) pool: Option<Arc<Pool>>,
+}
+
+/// fsd patch: what a worker tells the session thread.
+pub(crate) enum PoolEvent {
+    /// A worker took a request and none was left idle.
+    Busy,
+    /// A worker's loop ended with this result.
+    Exited(io::Result<()>),
+}
+
+/// fsd patch: the on-demand worker pool's counters.
+pub(crate) struct Pool {
+    /// Workers waiting for a request.
+    idle: AtomicUsize,
+    /// Workers started (or, once growing failed, `max`).
+    started: AtomicUsize,
+    max: usize,
+    events: std::sync::Mutex<mpsc::Sender<PoolEvent>>,
+}
+
+impl Pool {
+    fn send(&self, e: PoolEvent) {
+        let tx = self.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let _ = tx.send(e);
+    }
+
+    /// A worker took a request: ask for another if none is left idle and
+    /// the pool may grow.
+    fn took(&self) {
+        if self.idle.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.started.load(Ordering::Acquire) < self.max
+        {
+            self.send(PoolEvent::Busy);
+        }
+    }
+
+    fn done(&self) {
+        self.idle.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -543,7 +623,13 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());
                         } else {
-                            req.dispatch(self)
+                            if let Some(p) = &self.pool {
+                                p.took();
+                            }
+                            req.dispatch(self);
+                            if let Some(p) = &self.pool {
+                                p.done();
+                            }
                         }
                     }
                     // Quit loop on illegal request
