@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::archive::index::{ArchiveIndex, IndexStats, MediumFile, Meta, ReadAt};
 use super::archive::{self, ArchiveVolume, Format, SharedMedium};
+use super::identity::{MediumId, Primed};
 use super::native::file::{self as native_file, Env};
 use super::native::{NativeVolume, fsck, meta as native_meta};
 use crate::error::{Error, ErrorKind, Result};
@@ -35,9 +35,6 @@ use crate::util;
 /// Bumped whenever [`ArchiveIndex`]'s encoding changes; older stored indexes
 /// are then rebuilt instead of misread.
 pub const INDEX_VERSION: u32 = 1;
-
-/// Bytes hashed at each end of a medium for the identity check.
-const SAMPLE: u64 = 64 * 1024;
 
 /// The format a caller asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -72,35 +69,6 @@ pub struct VolumeStatus {
     pub open_files: u64,
     #[serde(default)]
     pub index: Option<IndexStats>,
-}
-
-/// The identity of a medium at one moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MediumId {
-    size: u64,
-    mtime_ns: i64,
-    sample: String,
-}
-
-fn medium_id(m: &dyn ReadAt, meta: &std::fs::Metadata, label: &str) -> Result<MediumId> {
-    let size = m.size();
-    let mut h = Sha256::new();
-    h.update(size.to_le_bytes());
-    let mut buf = vec![0u8; SAMPLE.min(size) as usize];
-    m.read_exact_at(&mut buf, 0)
-        .map_err(|e| Error::io(format!("{label}: reading at offset 0"), e))?;
-    h.update(&buf);
-    if size > SAMPLE {
-        let at = size - SAMPLE.min(size);
-        m.read_exact_at(&mut buf, at)
-            .map_err(|e| Error::io(format!("{label}: reading at offset {at}"), e))?;
-        h.update(&buf);
-    }
-    Ok(MediumId {
-        size,
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        sample: hex::encode(&h.finalize()[..16]),
-    })
 }
 
 /// Opens a medium for reading after checking what it is and that `caller`
@@ -189,6 +157,8 @@ pub struct Manager {
     /// Serialises attach and detach (rare, and they touch several places).
     lock: Mutex<()>,
     invalidator: RwLock<Option<Invalidator>>,
+    /// Medium identities computed ahead during start-up.
+    ids: Arc<Primed>,
 }
 
 impl Manager {
@@ -208,7 +178,14 @@ impl Manager {
             native_ttl,
             lock: Mutex::new(()),
             invalidator: RwLock::new(None),
+            ids: Arc::new(Primed::closed()),
         }
+    }
+
+    /// Takes medium identities from `ids` while it is open (start-up).
+    pub fn with_primed(mut self, ids: Arc<Primed>) -> Self {
+        self.ids = ids;
+        self
     }
 
     pub fn core(&self) -> &Arc<Core> {
@@ -345,7 +322,7 @@ impl Manager {
         let (canon, medium, meta) = open_medium(path, caller)?;
         let label = canon.display().to_string();
         let _guard = self.lock.lock();
-        let id = medium_id(&medium, &meta, &label)?;
+        let id = self.ids.id(&medium, &meta, &label)?;
         let medium_path = canon.to_string_lossy().into_owned();
 
         let existing = self.catalog.find_by_medium(&medium_path)?;
@@ -657,7 +634,8 @@ impl Manager {
     /// After a crash: deletes inodes that lost their last name while open,
     /// removes chunk files no committed row references (the daemon died
     /// between writing a chunk and committing it) and unreferenced chunks.
-    /// Runs before anything is mounted, so no write is in flight.
+    /// Runs during start-up, before any request is served (they wait at
+    /// the start-up gate), so no write is in flight.
     fn recover_natives(&self) -> Result<()> {
         let mut orphans = 0;
         for rec in self.catalog.volumes()? {
@@ -895,7 +873,7 @@ impl Manager {
         let path = PathBuf::from(rec.medium_path.clone().unwrap_or_default());
         let (_, medium, meta) = open_medium(&path, &Caller::root())?;
         let label = path.display().to_string();
-        let id = medium_id(&medium, &meta, &label)?;
+        let id = self.ids.id(&medium, &meta, &label)?;
         let mut rec = rec.clone();
         let index = match self.stored_index(&rec, &id) {
             Some(ix) => ix,
