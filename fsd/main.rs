@@ -41,11 +41,12 @@ enum Cmd {
         /// Detach from the terminal once mounted; logs go to STATE/fsd.log.
         #[arg(long)]
         daemon: bool,
-        /// Attach this archive before the mount appears (repeatable), as
+        /// Attach this archive during start-up (repeatable), as
         /// `tokenctl attach PATH` would: its volume is at
-        /// MOUNTPOINT/volumes/<file name> as soon as `fsd mount --daemon`
-        /// returns. Already attached media are reused; one that cannot be
-        /// attached stops fsd before it mounts (exit code 7).
+        /// MOUNTPOINT/volumes/<file name> from the first answered request,
+        /// and when `fsd mount --daemon` returns. Already attached media are
+        /// reused; one that cannot be attached stops fsd and removes the
+        /// mount (exit code 7).
         #[arg(long, value_name = "PATH")]
         attach: Vec<PathBuf>,
     },
@@ -101,10 +102,6 @@ fn main() -> ExitCode {
             if let Err(f) = daemon::prepare_state_dir(&state_dir) {
                 return fail(&f);
             }
-            let mountpoint = match daemon::check_mountpoint(&mountpoint) {
-                Ok(m) => m,
-                Err(f) => return fail(&f),
-            };
             let opts = MountOptions {
                 mountpoint,
                 state_dir,

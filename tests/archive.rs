@@ -1108,7 +1108,7 @@ fn mount_attach_has_volumes_in_place_and_refuses_bad_media() {
     );
     stop(&d, lock_pid(&d));
 
-    // A corrupt or missing archive stops fsd before it mounts, with exit
+    // A corrupt or missing archive stops fsd and removes its mount, with exit
     // code 7 and the medium named.
     let bad = d.dir.path().join("bad.tar");
     let mut bytes = std::fs::read(&tar).unwrap();
@@ -1130,4 +1130,124 @@ fn mount_attach_has_volumes_in_place_and_refuses_bad_media() {
     check_volume(&d, &id, &reference, true, TAR_CMP);
     let vols = d.json(&["volumes"]);
     assert_eq!(vols.as_array().unwrap().len(), 1, "{vols}");
+}
+
+/// fsd mounts while its catalog and `--attach` archives are still loading
+/// (the two run side by side). A lookup that arrives in that window waits
+/// for start-up to end and finds the volume: it never sees a tree without
+/// it. The archive has 40,000 members, so indexing it outlasts the mount.
+#[test]
+fn lookups_during_start_up_wait_for_the_attach_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let tar_path = dir.path().join("many.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+    for i in 0..40_000 {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append_data(&mut h, format!("d{}/f{i}", i % 50), std::io::empty())
+            .unwrap();
+    }
+    b.into_inner().unwrap();
+    let mut early = 0;
+    for attempt in 0..5 {
+        // A new state directory each time: the archive is indexed again.
+        let state = dir.path().join(format!("state{attempt}"));
+        let log = dir.path().join(format!("fsd{attempt}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(FSD)
+            .arg("mount")
+            .arg(&mnt)
+            .arg("--state")
+            .arg(&state)
+            .arg("--attach")
+            .arg(&tar_path)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !is_mounted(&mnt) {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "fsd exited with {st}: {}",
+                    std::fs::read_to_string(&log).unwrap()
+                );
+            }
+            assert!(std::time::Instant::now() < deadline, "no mount");
+        }
+        // Logged once start-up has ended; not there yet means the lookups
+        // below were made inside the window.
+        if !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("fsd is serving")
+        {
+            early += 1;
+        }
+        let link = mnt.join("volumes/many.tar");
+        let m = std::fs::symlink_metadata(&link);
+        assert!(
+            m.as_ref().is_ok_and(|m| m.file_type().is_symlink()),
+            "attempt {attempt}: {m:?}"
+        );
+        assert_eq!(std::fs::read_dir(link.join("d7")).unwrap().count(), 800);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        assert!(child.wait().unwrap().success());
+        assert!(!is_mounted(&mnt));
+    }
+    assert!(
+        early > 0,
+        "no lookup was made between the mount and the end of start-up"
+    );
+}
+
+/// A path that start-up reads through the mount itself, here an
+/// `--attach` archive inside the mountpoint, cannot hang start-up (its
+/// requests would wait for start-up to end): the daemon's own requests are
+/// answered at once, and the archive is reported missing, exit code 7, as
+/// before the mount existed.
+#[test]
+fn an_attach_path_inside_the_mountpoint_fails_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut child = Command::new(FSD)
+        .arg("mount")
+        .arg(&mnt)
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--attach")
+        .arg(mnt.join("volumes/x.tar"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            force_unmount(&mnt);
+            panic!("fsd hung starting with an --attach path inside its mountpoint");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(7), "{err}");
+    assert!(err.contains("x.tar"), "{err}");
+    assert!(!is_mounted(&mnt));
 }

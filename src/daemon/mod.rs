@@ -17,12 +17,15 @@ use nix::sys::signal::{SigSet, Signal};
 
 pub use self::service::Service;
 use crate::config::{self, Config};
+use crate::control::server::Server;
 use crate::error::{Error, ErrorKind};
 use crate::fs::Core;
 use crate::fuse::FuseFs;
+use crate::fuse::gate::StartGate;
 use crate::store::catalog::Catalog;
 use crate::store::chunks::ChunkStore;
 use crate::token::engine::Offload;
+use crate::volume::identity::Primed;
 use crate::volume::manager::Manager;
 use crate::volume::native::file::Env;
 use crate::volume::native::sealer::{Budget, Sealer};
@@ -64,7 +67,8 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     pub state_dir: PathBuf,
     pub config: Config,
-    /// Archives to attach before the mount appears (`--attach`), absolute.
+    /// Archives to attach during start-up, before any request is answered
+    /// (`--attach`), absolute.
     pub attach: Vec<PathBuf>,
 }
 
@@ -219,7 +223,7 @@ fn unescape_mountinfo(p: &str) -> PathBuf {
 }
 
 /// Checks that `mp` exists, is a directory and is not already mounted on.
-pub fn check_mountpoint(mp: &Path) -> std::result::Result<PathBuf, Fatal> {
+fn check_mountpoint(mp: &Path) -> std::result::Result<PathBuf, Fatal> {
     let fail =
         |kind: ErrorKind, msg: String| Err(Fatal::new(exit::MOUNTPOINT, Error::new(kind, msg)));
     let shown = mp.display();
@@ -328,10 +332,10 @@ enum Event {
     SessionEnded(std::io::Result<()>),
 }
 
-/// Attaches the `--attach` archives. Runs before the FUSE mount exists, so
-/// a script that waits for `fsd mount` finds its volumes in place, and a
-/// medium that cannot be attached stops the daemon before anything is
-/// mounted (nothing half-done to clean up).
+/// Attaches the `--attach` archives. Runs before any request is served (the
+/// requests wait at the start-up gate), so a script that waits for
+/// `fsd mount` finds its volumes in place, and a medium that cannot be
+/// attached stops the daemon, which removes the mount before it exits.
 fn attach_at_start(manager: &Manager, paths: &[PathBuf]) -> std::result::Result<String, Fatal> {
     let caller = crate::fs::perm::Caller::current();
     let mut summary = String::new();
@@ -374,24 +378,63 @@ fn attach_at_start(manager: &Manager, paths: &[PathBuf]) -> std::result::Result<
     Ok(summary)
 }
 
-/// Serves the mount until it is unmounted or the daemon is signalled.
-/// `ready` is called once the filesystem is mounted and the socket is up,
-/// with one line per `--attach` archive.
-pub fn run(opts: &MountOptions, ready: impl FnOnce(&str)) -> std::result::Result<(), Fatal> {
-    let failed = |e: Error| Fatal::new(exit::FAILED, e);
-    // Block the shutdown signals in every thread; one thread waits for them.
-    let mut sigs = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        sigs.add(s);
+/// Mounts `fs` at the mountpoint (the kernel mount only: requests are
+/// served once the session runs).
+fn mount(
+    config: &Config,
+    mountpoint: &Path,
+    fs: FuseFs,
+) -> std::result::Result<fuser::Session<FuseFs>, Fatal> {
+    let mut fuse_cfg = fuser::Config::default();
+    fuse_cfg.mount_options = vec![
+        fuser::MountOption::FSName("fsd".into()),
+        fuser::MountOption::Subtype("fsd".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+        // Archives come from strangers: their setuid bits and device nodes
+        // are shown as they are but never honoured.
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoDev,
+    ];
+    if config.mount.allow_other {
+        fuse_cfg.acl = fuser::SessionACL::All;
     }
-    sigs.thread_block()
-        .map_err(|e| failed(Error::new(ErrorKind::Io, format!("blocking signals: {e}"))))?;
-    // After the signal mask, which the thread inherits.
-    prefetch(&opts.state_dir);
+    fuse_cfg.n_threads = Some(config.mount.threads);
+    fuse_cfg.clone_fd = true;
+    fuser::Session::new(fs, mountpoint, &fuse_cfg).map_err(|e| {
+        Fatal::new(
+            exit::MOUNT_FAILED,
+            Error::new(
+                ErrorKind::Io,
+                format!(
+                    "cannot mount at {}: {e} (is /dev/fuse present and fuse3 installed? \
+                     run scripts/setup)",
+                    mountpoint.display()
+                ),
+            ),
+        )
+    })
+}
 
-    // Catalog, chunks and caches are private to the daemon's user.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let _lock = lock_state_dir(&opts.state_dir)?;
+/// The catalog side of start-up, done: the catalog, the chunk store and
+/// every volume it lists, and the `--attach` archives.
+struct Loaded {
+    catalog: Arc<Catalog>,
+    env: Arc<Env>,
+    manager: Arc<Manager>,
+    /// One line per `--attach` archive, for `ready`.
+    attached: String,
+}
+
+/// Opens the catalog and the chunk store, reloads the volumes and attaches
+/// the `--attach` archives. Runs on a thread of its own while the other
+/// checks the mountpoint and mounts; the caller holds the state lock.
+fn load(
+    opts: &MountOptions,
+    core: Arc<Core>,
+    ids: Arc<Primed>,
+) -> std::result::Result<Loaded, Fatal> {
+    let failed = |e: Error| Fatal::new(exit::FAILED, e);
     let catalog = Catalog::open(&opts.state_dir.join("catalog.db"))
         .map_err(|e| Fatal::new(exit::STATE_DIR, e))?;
     let catalog = Arc::new(catalog);
@@ -415,134 +458,276 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str)) -> std::result::Result
         (opts.config.native.dirty_limit_mb << 20) as usize / crate::store::treehash::LEAF;
     crate::store::buf::set_limit(budget_chunks + opts.config.native.seal_threads * 2);
     crate::volume::native::file::start_reaper(&env).map_err(failed)?;
-    let core = Arc::new(Core::new());
-    let manager = Arc::new(Manager::new(
-        core.clone(),
-        env.clone(),
-        opts.state_dir.join("cache"),
-        Duration::from_secs(opts.config.mount.archive_ttl_secs),
-        Duration::from_secs(opts.config.native.ttl_secs),
-    ));
+    let manager = Arc::new(
+        Manager::new(
+            core,
+            env.clone(),
+            opts.state_dir.join("cache"),
+            Duration::from_secs(opts.config.mount.archive_ttl_secs),
+            Duration::from_secs(opts.config.native.ttl_secs),
+        )
+        .with_primed(ids),
+    );
     let (ok, missing) = manager.load_all().map_err(failed)?;
     tracing::info!("{ok} volumes reloaded from the catalog, {missing} missing");
     let attached = attach_at_start(&manager, &opts.attach)?;
-    let offload = Offload::new(
-        core.clone(),
+    Ok(Loaded {
+        catalog,
         env,
-        config::socket_path(&opts.state_dir).display().to_string(),
-        opts.mountpoint.clone(),
-        &opts.config.tokens,
-    )
-    .map_err(failed)?;
+        manager,
+        attached,
+    })
+}
 
-    let socket = crate::control::server::Server::bind(&config::socket_path(&opts.state_dir))
-        .map_err(failed)?;
+/// The mount side of start-up, done: the kernel mount and its session
+/// running on its own thread.
+struct Mounted {
+    /// The mountpoint, canonical.
+    mountpoint: PathBuf,
+    unmounter: fuser::SessionUnmounter,
+    entries: fuser::Notifier,
+    inodes: fuser::Notifier,
+    session: std::thread::JoinHandle<()>,
+}
 
-    let mut fuse_cfg = fuser::Config::default();
-    fuse_cfg.mount_options = vec![
-        fuser::MountOption::FSName("fsd".into()),
-        fuser::MountOption::Subtype("fsd".into()),
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::NoAtime,
-        // Archives come from strangers: their setuid bits and device nodes
-        // are shown as they are but never honoured.
-        fuser::MountOption::NoSuid,
-        fuser::MountOption::NoDev,
-    ];
-    if opts.config.mount.allow_other {
-        fuse_cfg.acl = fuser::SessionACL::All;
-    }
-    fuse_cfg.n_threads = Some(opts.config.mount.threads);
-    fuse_cfg.clone_fd = true;
-    let mut session = fuser::Session::new(FuseFs::new(core.clone()), &opts.mountpoint, &fuse_cfg)
-        .map_err(|e| {
-        Fatal::new(
-            exit::MOUNT_FAILED,
-            Error::new(
-                ErrorKind::Io,
-                format!(
-                    "cannot mount at {}: {e} (is /dev/fuse present and fuse3 installed? \
-                     run scripts/setup)",
-                    opts.mountpoint.display()
-                ),
-            ),
-        )
-    })?;
+/// Checks the mountpoint, binds the control socket and mounts. The socket is
+/// bound before the mount and served after start-up, so a tokenctl that
+/// finds the mount can connect at once and waits in the listen queue.
+fn mount_side(
+    opts: &MountOptions,
+    fs: FuseFs,
+    events: mpsc::Sender<Event>,
+    sigs: SigSet,
+) -> std::result::Result<(Mounted, Server), Fatal> {
+    let failed = |e: Error| Fatal::new(exit::FAILED, e);
+    let mountpoint = check_mountpoint(&opts.mountpoint)?;
+    let socket = Server::bind(&config::socket_path(&opts.state_dir)).map_err(failed)?;
+    let mut session = mount(&opts.config, &mountpoint, fs)?;
     let mut unmounter = session.unmount_callable();
-    let notifier = session.notifier();
-    manager.set_invalidator(Box::new(move |parent, name| {
-        let _ = notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::from_bytes(name));
-    }));
-    let notifier = session.notifier();
-    offload.set_invalidator(Box::new(move |ino| {
-        // Offload writes change files behind the kernel's back: drop its
-        // cached pages and attributes of the destination.
-        let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
-    }));
-    offload.start_sweeper();
-
-    let (tx, rx) = mpsc::channel::<Event>();
-    let session_tx = tx.clone();
-    let session_thread = std::thread::Builder::new()
+    let entries = session.notifier();
+    let inodes = session.notifier();
+    let signals = events.clone();
+    let session = std::thread::Builder::new()
         .name("fsd-session".into())
         .spawn(move || {
             let r = session.run();
-            let _ = session_tx.send(Event::SessionEnded(r));
-        })
-        .map_err(|e| failed(Error::io("starting the FUSE session", e)))?;
-    std::thread::Builder::new()
+            let _ = events.send(Event::SessionEnded(r));
+        });
+    let session = match session {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = unmounter.unmount();
+            return Err(failed(Error::io("starting the FUSE session", e)));
+        }
+    };
+    // The signal thread; SIGTERM before it starts stays pending until then.
+    let signal_thread = std::thread::Builder::new()
         .name("fsd-signals".into())
         .spawn(move || {
             while let Ok(sig) = sigs.wait() {
-                if tx.send(Event::Signal(sig)).is_err() {
+                if signals.send(Event::Signal(sig)).is_err() {
                     break;
                 }
             }
-        })
-        .map_err(|e| failed(Error::io("starting the signal thread", e)))?;
+        });
+    if let Err(e) = signal_thread {
+        let _ = unmounter.unmount();
+        return Err(failed(Error::io("starting the signal thread", e)));
+    }
+    set_read_ahead(&mountpoint, opts.config.mount.read_ahead_kb);
+    let mounted = Mounted {
+        mountpoint,
+        unmounter,
+        entries,
+        inodes,
+        session,
+    };
+    Ok((mounted, socket))
+}
 
-    let service = Arc::new(Service::new(manager.clone(), offload.clone(), opts));
-    let _control = socket.serve(service);
-    set_read_ahead(&opts.mountpoint, opts.config.mount.read_ahead_kb);
+/// What start-up leaves running, besides the FUSE session.
+struct Started {
+    catalog: Arc<Catalog>,
+    attached: String,
+    _control: std::thread::JoinHandle<()>,
+}
+
+/// Joins the two sides: connects the manager to the kernel's entry cache,
+/// opens the gate (FUSE requests need nothing more), then starts the offload
+/// engine and serves the control socket.
+fn finish(
+    opts: &MountOptions,
+    loaded: Loaded,
+    mounted: &Mounted,
+    socket: Server,
+    gate: &StartGate,
+) -> std::result::Result<Started, Fatal> {
+    let failed = |e: Error| Fatal::new(exit::FAILED, e);
+    let Loaded {
+        catalog,
+        env,
+        manager,
+        attached,
+    } = loaded;
+    // No request has been served yet, so the kernel holds no entries that
+    // the start-up's attaches would have had to invalidate.
+    let entries = mounted.entries.clone();
+    manager.set_invalidator(Box::new(move |parent, name| {
+        let _ = entries.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::from_bytes(name));
+    }));
+    gate.open();
+    let offload = Offload::new(
+        manager.core().clone(),
+        env,
+        config::socket_path(&opts.state_dir).display().to_string(),
+        mounted.mountpoint.clone(),
+        &opts.config.tokens,
+    )
+    .map_err(failed)?;
+    let inodes = mounted.inodes.clone();
+    offload.set_invalidator(Box::new(move |ino| {
+        // Offload writes change files behind the kernel's back: drop its
+        // cached pages and attributes of the destination.
+        let _ = inodes.inval_inode(fuser::INodeNo(ino), 0, 0);
+    }));
+    offload.start_sweeper();
+    let opts = MountOptions {
+        mountpoint: mounted.mountpoint.clone(),
+        ..opts.clone()
+    };
+    let service = Arc::new(Service::new(manager, offload, &opts));
+    Ok(Started {
+        catalog,
+        attached,
+        _control: socket.serve(service),
+    })
+}
+
+/// Unmounts, lazily if the mount is busy (open files keep being served
+/// until they close), and waits for the session's requests to drain: the
+/// session ends when the kernel says the mount is gone, but the wait is
+/// bounded.
+fn unmount_and_drain(
+    unmounter: &mut fuser::SessionUnmounter,
+    mountpoint: &Path,
+    session: std::thread::JoinHandle<()>,
+) {
+    if let Err(e) = unmounter.unmount() {
+        tracing::warn!(
+            "unmount: {e}; the mount is busy, detaching it lazily and waiting for open files to \
+             close"
+        );
+        let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
+    }
+    drain(session);
+}
+
+fn drain(session: std::thread::JoinHandle<()>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !session.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !session.is_finished() {
+        tracing::warn!("the FUSE session did not end within 30 s; exiting anyway");
+    } else {
+        let _ = session.join();
+    }
+}
+
+/// Serves the mount until it is unmounted or the daemon is signalled.
+/// `ready` is called once start-up has finished and requests are served,
+/// with one line per `--attach` archive.
+///
+/// Once the state directory is locked, start-up runs on two threads: one
+/// opens the catalog, reloads the volumes and attaches the `--attach`
+/// archives ([`load`]); the other checks the mountpoint and mounts
+/// ([`mount_side`]). FUSE requests that arrive before both are done wait at
+/// the start-up gate ([`crate::fuse::gate`]). If start-up fails after the
+/// mount, they get EIO and the mount is removed before the error returns.
+pub fn run(opts: &MountOptions, ready: impl FnOnce(&str)) -> std::result::Result<(), Fatal> {
+    let failed = |e: Error| Fatal::new(exit::FAILED, e);
+    // Block the shutdown signals in every thread; one thread waits for them.
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        sigs.add(s);
+    }
+    sigs.thread_block()
+        .map_err(|e| failed(Error::new(ErrorKind::Io, format!("blocking signals: {e}"))))?;
+    // After the signal mask, which the thread inherits.
+    prefetch(&opts.state_dir);
+
+    // Catalog, chunks and caches are private to the daemon's user.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let _lock = lock_state_dir(&opts.state_dir)?;
+    let core = Arc::new(Core::new());
+    let gate = Arc::new(StartGate::default());
+    let ids = Arc::new(Primed::default());
+    let (tx, rx) = mpsc::channel::<Event>();
+    let (mounted, loaded) = std::thread::scope(|s| {
+        let loader = std::thread::Builder::new()
+            .name("fsd-load".into())
+            .spawn_scoped(s, || load(opts, core.clone(), ids.clone()));
+        let fs = FuseFs::new(core.clone(), gate.clone());
+        let mounted = mount_side(opts, fs, tx.clone(), sigs);
+        // While the catalog opens: hash the --attach archives, which the
+        // reload of an attached one and its attach both need.
+        if mounted.is_ok() {
+            for p in &opts.attach {
+                ids.prime(p);
+            }
+        }
+        let loaded = match loader {
+            Ok(h) => h.join().unwrap_or_else(|_| {
+                Err(failed(Error::new(
+                    ErrorKind::Io,
+                    "start-up: the catalog thread panicked",
+                )))
+            }),
+            Err(_) => load(opts, core.clone(), ids.clone()),
+        };
+        (mounted, loaded)
+    });
+    // A mountpoint refusal comes first, as it did when the mountpoint was
+    // checked before anything else.
+    ids.close();
+    let (mut mounted, socket) = mounted?;
+    let started = match loaded.and_then(|l| finish(opts, l, &mounted, socket, &gate)) {
+        Ok(s) => s,
+        Err(f) => {
+            gate.fail();
+            unmount_and_drain(&mut mounted.unmounter, &mounted.mountpoint, mounted.session);
+            return Err(f);
+        }
+    };
+    let Mounted {
+        mountpoint,
+        mut unmounter,
+        session,
+        ..
+    } = mounted;
     tracing::info!(
-        mountpoint = %opts.mountpoint.display(),
+        mountpoint = %mountpoint.display(),
         state = %opts.state_dir.display(),
         "fsd is serving"
     );
-    ready(&attached);
+    ready(&started.attached);
 
     let mut result = Ok(());
     match rx.recv() {
         Ok(Event::Signal(sig)) => {
-            tracing::info!("{sig:?} received; unmounting {}", opts.mountpoint.display());
-            if let Err(e) = unmounter.unmount() {
-                tracing::warn!(
-                    "unmount: {e}; the mount is busy, detaching it lazily and waiting for \
-                     open files to close"
-                );
-                let _ = nix::mount::umount2(&opts.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-            }
+            tracing::info!("{sig:?} received; unmounting {}", mountpoint.display());
+            unmount_and_drain(&mut unmounter, &mountpoint, session);
         }
         Ok(Event::SessionEnded(r)) => {
             if let Err(e) = r {
                 result = Err(failed(Error::io("FUSE session", e)));
             }
-            tracing::info!("{} was unmounted", opts.mountpoint.display());
+            tracing::info!("{} was unmounted", mountpoint.display());
+            drain(session);
         }
-        Err(_) => {}
+        Err(_) => drain(session),
     }
-    // Wait for in-flight requests to drain (the session ends when the kernel
-    // says the mount is gone), but not forever.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !session_thread.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if !session_thread.is_finished() {
-        tracing::warn!("the FUSE session did not end within 30 s; exiting anyway");
-    } else {
-        let _ = session_thread.join();
-    }
-    if let Err(e) = catalog.sync() {
+    if let Err(e) = started.catalog.sync() {
         tracing::warn!("catalog checkpoint at exit: {e}");
     }
     tracing::info!("fsd stopped");

@@ -25,18 +25,43 @@ use crate::fs::types::{Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, TimeSe
 pub const MAX_IO: u32 = 1 << 20;
 
 mod advice;
+pub mod gate;
 
 use advice::ListingAdvice;
+use gate::{StartGate, Verdict};
+
+/// Holds a request until start-up has ended (see [`gate`]). If start-up
+/// failed, answers EIO, and a request of the daemon's own start-up ENOENT,
+/// without reaching the core.
+macro_rules! gated {
+    ($self:ident, $req:ident, $reply:ident) => {
+        match $self.gate.pass($req.pid()) {
+            Verdict::Serve => {}
+            Verdict::Failed => {
+                $reply.error(Errno::EIO);
+                return;
+            }
+            Verdict::OwnDuringStartUp => {
+                $reply.error(Errno::ENOENT);
+                return;
+            }
+        }
+    };
+}
 
 pub struct FuseFs {
     core: Arc<Core>,
+    gate: Arc<StartGate>,
     advice: ListingAdvice,
 }
 
 impl FuseFs {
-    pub fn new(core: Arc<Core>) -> Self {
+    /// An adapter over `core` whose requests wait at `gate` until the
+    /// daemon has finished starting.
+    pub fn new(core: Arc<Core>, gate: Arc<StartGate>) -> Self {
         FuseFs {
             core,
+            gate,
             advice: ListingAdvice::default(),
         }
     }
@@ -158,6 +183,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        gated!(self, req, reply);
         let r = self.core.lookup(parent.0, name.as_bytes());
         if matches!(&r, Ok((a, _)) if !matches!(a.kind, FileKind::Dir | FileKind::Symlink)) {
             self.advice.looked_up_file(req.pid());
@@ -165,7 +191,8 @@ impl Filesystem for FuseFs {
         reply_entry(reply, r);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        gated!(self, req, reply);
         match self.core.getattr(ino.0) {
             Ok((a, ttl)) => reply.attr(&ttl, &fattr(&a)),
             Err(e) => reply.error(errno(&e)),
@@ -190,6 +217,7 @@ impl Filesystem for FuseFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        gated!(self, req, reply);
         let set = SetAttr {
             mode,
             uid,
@@ -205,7 +233,8 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        gated!(self, req, reply);
         match self.core.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
@@ -222,6 +251,7 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        gated!(self, req, reply);
         let c = ctx(req);
         reply_entry(
             reply,
@@ -240,6 +270,7 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        gated!(self, req, reply);
         let c = ctx(req);
         reply_entry(
             reply,
@@ -250,6 +281,7 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        gated!(self, req, reply);
         let c = ctx(req);
         reply_empty(
             reply,
@@ -259,6 +291,7 @@ impl Filesystem for FuseFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        gated!(self, req, reply);
         let c = ctx(req);
         reply_empty(
             reply,
@@ -275,6 +308,7 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        gated!(self, req, reply);
         let c = ctx(req);
         reply_entry(
             reply,
@@ -294,6 +328,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        gated!(self, req, reply);
         reply_empty(
             reply,
             self.core.rename(
@@ -315,6 +350,7 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        gated!(self, req, reply);
         reply_entry(
             reply,
             self.core
@@ -323,6 +359,7 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
+        gated!(self, req, reply);
         match self.core.open(ino.0, OpenFlags(flags.0), &ctx(req)) {
             Ok((fh, opts)) => reply.opened(FileHandle(fh), fopen(opts)),
             Err(e) => reply.error(errno(&e)),
@@ -331,7 +368,7 @@ impl Filesystem for FuseFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -340,6 +377,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        gated!(self, req, reply);
         // One buffer per FUSE thread, reused: fresh memory for every read
         // would be allocated, faulted in and zeroed each time.
         thread_local! {
@@ -356,7 +394,7 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -366,6 +404,7 @@ impl Filesystem for FuseFs {
         lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        gated!(self, req, reply);
         match self.core.write(fh.0, offset, data, lock_owner.map(|o| o.0)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
@@ -374,18 +413,19 @@ impl Filesystem for FuseFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        gated!(self, req, reply);
         reply_empty(reply, self.core.flush(fh.0, lock_owner.0));
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: FuseOpenFlags,
@@ -393,21 +433,24 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        gated!(self, req, reply);
         reply_empty(reply, self.core.release(fh.0));
     }
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        gated!(self, req, reply);
         reply_empty(reply, self.core.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
+        gated!(self, req, reply);
         match self.core.opendir(ino.0) {
             // A fixed listing is cached by the kernel only when it carries
             // attributes: a names-only listing in the cache would cost a
@@ -425,12 +468,13 @@ impl Filesystem for FuseFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        gated!(self, req, reply);
         let r = self.core.readdir(ino.0, offset, &mut |e| {
             !reply.add(
                 INodeNo(e.attr.ino),
@@ -453,6 +497,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        gated!(self, req, reply);
         let file_attrs = self.advice.wants_file_attrs(req.pid());
         let r = self.core.readdir(ino.0, offset, &mut |e| {
             let ttl = self.core.ttl_of(e.attr.ino);
@@ -479,28 +524,31 @@ impl Filesystem for FuseFs {
 
     fn releasedir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: FuseOpenFlags,
         reply: ReplyEmpty,
     ) {
+        gated!(self, req, reply);
         self.core.releasedir(ino.0);
         reply.ok();
     }
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        gated!(self, req, reply);
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        gated!(self, req, reply);
         match self.core.statfs(ino.0) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -519,6 +567,7 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        gated!(self, req, reply);
         reply_empty(
             reply,
             self.core
@@ -526,7 +575,8 @@ impl Filesystem for FuseFs {
         );
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        gated!(self, req, reply);
         // `ls -l` asks every file for its SELinux label and ACL. fsd stores
         // neither namespace, so answer without touching the core: this is
         // most of the cost of `ls -lR`.
@@ -537,7 +587,8 @@ impl Filesystem for FuseFs {
         reply_xattr(reply, size, self.core.getxattr(ino.0, name.as_bytes()));
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        gated!(self, req, reply);
         let r = self.core.listxattr(ino.0).map(|names| {
             let mut out = Vec::new();
             for n in names {
@@ -550,6 +601,7 @@ impl Filesystem for FuseFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        gated!(self, req, reply);
         reply_empty(
             reply,
             self.core.removexattr(ino.0, name.as_bytes(), &ctx(req)),
@@ -566,6 +618,7 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        gated!(self, req, reply);
         match self.core.create(
             parent.0,
             name.as_bytes(),
@@ -583,7 +636,7 @@ impl Filesystem for FuseFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -591,18 +644,20 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        gated!(self, req, reply);
         reply_empty(reply, self.core.fallocate(fh.0, offset, length, mode));
     }
 
     fn lseek(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
+        gated!(self, req, reply);
         if offset < 0 {
             return reply.error(Errno::ENXIO);
         }
@@ -614,7 +669,7 @@ impl Filesystem for FuseFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -625,6 +680,7 @@ impl Filesystem for FuseFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        gated!(self, req, reply);
         match self
             .core
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)

@@ -21,7 +21,7 @@ pub struct Daemon {
     child: Option<Child>,
 }
 
-fn is_mounted(p: &Path) -> bool {
+pub fn is_mounted(p: &Path) -> bool {
     let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
