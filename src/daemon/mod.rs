@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -457,7 +458,6 @@ fn load(
     let budget_chunks =
         (opts.config.native.dirty_limit_mb << 20) as usize / crate::store::treehash::LEAF;
     crate::store::buf::set_limit(budget_chunks + opts.config.native.seal_threads * 2);
-    crate::volume::native::file::start_reaper(&env).map_err(failed)?;
     let manager = Arc::new(
         Manager::new(
             core,
@@ -552,15 +552,16 @@ struct Started {
     _control: std::thread::JoinHandle<()>,
 }
 
-/// Joins the two sides: connects the manager to the kernel's entry cache,
-/// opens the gate (FUSE requests need nothing more), then starts the offload
-/// engine and serves the control socket.
+/// After both sides: connects the manager to the kernel's entry cache,
+/// starts the background chunk reaper and the offload engine, and serves
+/// the control socket. FUSE requests need none of it (the gate may already
+/// be open), and only control requests attach or detach, so the kernel
+/// holds no entry the invalidator would have had to drop.
 fn finish(
     opts: &MountOptions,
     loaded: Loaded,
     mounted: &Mounted,
     socket: Server,
-    gate: &StartGate,
 ) -> std::result::Result<Started, Fatal> {
     let failed = |e: Error| Fatal::new(exit::FAILED, e);
     let Loaded {
@@ -569,13 +570,11 @@ fn finish(
         manager,
         attached,
     } = loaded;
-    // No request has been served yet, so the kernel holds no entries that
-    // the start-up's attaches would have had to invalidate.
     let entries = mounted.entries.clone();
     manager.set_invalidator(Box::new(move |parent, name| {
         let _ = entries.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::from_bytes(name));
     }));
-    gate.open();
+    crate::volume::native::file::start_reaper(&env).map_err(failed)?;
     let offload = Offload::new(
         manager.core().clone(),
         env,
@@ -663,12 +662,30 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str)) -> std::result::Result
     let gate = Arc::new(StartGate::default());
     let ids = Arc::new(Primed::default());
     let (tx, rx) = mpsc::channel::<Event>();
+    // The side that finishes last opens the gate at once, without waiting
+    // for this thread to join the other.
+    let pending = AtomicUsize::new(2);
+    let done = || {
+        if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            gate.open();
+        }
+    };
+    let load_and_open = || {
+        let r = load(opts, core.clone(), ids.clone());
+        if r.is_ok() {
+            done();
+        }
+        r
+    };
     let (mounted, loaded) = std::thread::scope(|s| {
         let loader = std::thread::Builder::new()
             .name("fsd-load".into())
-            .spawn_scoped(s, || load(opts, core.clone(), ids.clone()));
+            .spawn_scoped(s, load_and_open);
         let fs = FuseFs::new(core.clone(), gate.clone());
         let mounted = mount_side(opts, fs, tx.clone(), sigs);
+        if mounted.is_ok() {
+            done();
+        }
         // While the catalog opens: hash the --attach archives, which the
         // reload of an attached one and its attach both need.
         if mounted.is_ok() {
@@ -683,15 +700,15 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str)) -> std::result::Result
                     "start-up: the catalog thread panicked",
                 )))
             }),
-            Err(_) => load(opts, core.clone(), ids.clone()),
+            Err(_) => load_and_open(),
         };
         (mounted, loaded)
     });
+    ids.close();
     // A mountpoint refusal comes first, as it did when the mountpoint was
     // checked before anything else.
-    ids.close();
     let (mut mounted, socket) = mounted?;
-    let started = match loaded.and_then(|l| finish(opts, l, &mounted, socket, &gate)) {
+    let started = match loaded.and_then(|l| finish(opts, l, &mounted, socket)) {
         Ok(s) => s,
         Err(f) => {
             gate.fail();
