@@ -304,18 +304,24 @@ fn set_read_ahead(mountpoint: &Path, kb: u32) {
     }
 }
 
-/// Reads, on a thread of its own, what start-up will need from disk later
-/// on the main thread: the time zone (for zip member times) and the chunk
-/// store's directories (the recovery scan lists them before anything is
-/// mounted). After a reboot or with cold caches each is a few disk reads,
-/// together 1-2 ms here; fetched while the main thread takes the lock and
-/// opens the catalog, the scan then finds them cached. Read-only and best
-/// effort: an error here is met again, and reported, where the data is used.
-fn prefetch(state_dir: &Path) {
+/// Reads, on a thread of its own, what start-up will need later on the
+/// catalog thread: the identities of the `--attach` archives (a SHA-256 of
+/// their ends, 0.1-0.2 ms each, see [`Primed`]), the time zone (for zip
+/// member times) and the chunk store's directories (the recovery scan lists
+/// them). After a reboot or with cold caches the last two are a few disk
+/// reads, together 1-2 ms here; fetched while the state directory is locked
+/// and the catalog opens, the catalog thread then finds them ready.
+/// Read-only and best effort: an error here is met again, and reported,
+/// where the data is used.
+fn prefetch(state_dir: &Path, attach: &[PathBuf], ids: Arc<Primed>) {
     let chunks = state_dir.join("chunks");
+    let attach = attach.to_vec();
     let _ = std::thread::Builder::new()
         .name("fsd-prefetch".into())
         .spawn(move || {
+            for p in &attach {
+                ids.prime(p);
+            }
             crate::volume::archive::zip::load_time_zone();
             let Ok(top) = std::fs::read_dir(&chunks) else {
                 return;
@@ -653,14 +659,14 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str)) -> std::result::Result
     sigs.thread_block()
         .map_err(|e| failed(Error::new(ErrorKind::Io, format!("blocking signals: {e}"))))?;
     // After the signal mask, which the thread inherits.
-    prefetch(&opts.state_dir);
+    let ids = Arc::new(Primed::default());
+    prefetch(&opts.state_dir, &opts.attach, ids.clone());
 
     // Catalog, chunks and caches are private to the daemon's user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let _lock = lock_state_dir(&opts.state_dir)?;
     let core = Arc::new(Core::new());
     let gate = Arc::new(StartGate::default());
-    let ids = Arc::new(Primed::default());
     let (tx, rx) = mpsc::channel::<Event>();
     // The side that finishes last opens the gate at once, without waiting
     // for this thread to join the other.
@@ -685,13 +691,6 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str)) -> std::result::Result
         let mounted = mount_side(opts, fs, tx.clone(), sigs);
         if mounted.is_ok() {
             done();
-        }
-        // While the catalog opens: hash the --attach archives, which the
-        // reload of an attached one and its attach both need.
-        if mounted.is_ok() {
-            for p in &opts.attach {
-                ids.prime(p);
-            }
         }
         let loaded = match loader {
             Ok(h) => h.join().unwrap_or_else(|_| {

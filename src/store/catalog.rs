@@ -227,6 +227,8 @@ fn now_ns() -> i64 {
 pub struct Catalog {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// This open created the catalog (there was none, or an empty file).
+    created: bool,
 }
 
 /// A new catalog: the database that [`MIGRATIONS`] build from nothing, at
@@ -313,6 +315,7 @@ impl Catalog {
         let cat = Catalog {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            created: fresh,
         };
         cat.migrate()?;
         if fresh {
@@ -327,6 +330,12 @@ impl Catalog {
             )?;
         }
         Ok(cat)
+    }
+
+    /// True if this open created the catalog: the state directory had
+    /// none (or an empty file), so no volume, file or chunk is recorded.
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// Puts the [`TEMPLATE`] in place at `path`: written beside it and

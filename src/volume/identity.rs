@@ -6,9 +6,9 @@
 //! `--attach` archive that was attached before is hashed twice, once when
 //! its volume is reloaded from the catalog and once when the attach finds
 //! it attached, and both on the thread that also opens the catalog, which
-//! is what a mount waits for. [`Primed`] lets the other start-up thread
-//! hash the `--attach` archives ahead, while the catalog opens, and lets
-//! both uses share the result.
+//! is what a mount waits for. [`Primed`] lets a helper thread hash the
+//! `--attach` archives ahead, while the catalog opens, and lets both uses
+//! share the result.
 
 use std::collections::HashMap;
 use std::fs::File;

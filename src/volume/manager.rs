@@ -607,7 +607,12 @@ impl Manager {
     pub fn load_all(&self) -> Result<(usize, usize)> {
         let _guard = self.lock.lock();
         let (mut ok, mut missing) = (0, 0);
-        self.recover_natives()?;
+        // A catalog this start created records no volume, so nothing can
+        // need recovering. (Chunk files left by a catalog deleted by hand
+        // are collected as orphans at the next start.)
+        if !self.catalog.created() {
+            self.recover_natives()?;
+        }
         for rec in self.catalog.volumes()? {
             if rec.state != "attached" {
                 continue;
