@@ -11,7 +11,6 @@
 //! share the result.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,9 +90,21 @@ impl Primed {
 
     /// Computes, ahead of its use, the identity of the regular file at
     /// `path`. Best effort: a path that cannot be read is left for the use
-    /// to report.
+    /// to report. Anything but a regular file is left alone before it is
+    /// opened (opening a FIFO would block), and the open does not block
+    /// either, should the path change in between.
     pub fn prime(&self, path: &Path) {
-        let Ok(file) = File::open(path) else { return };
+        use std::os::unix::fs::OpenOptionsExt;
+        if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            return;
+        }
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+        else {
+            return;
+        };
         let Ok(meta) = file.metadata() else { return };
         if meta.is_file() {
             let m = super::archive::index::MediumFile {
@@ -190,6 +201,22 @@ mod tests {
         let id = ids.id(&Counting(&data, &reads), &meta, "m").unwrap();
         assert!(reads.load(Ordering::Relaxed) > 0);
         assert_eq!(id, medium_id(&Counting(&data, &reads), &meta, "m").unwrap());
+    }
+
+    #[test]
+    fn priming_a_fifo_returns_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            Primed::default().prime(&fifo);
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok(),
+            "prime blocked on a FIFO"
+        );
     }
 
     #[test]
