@@ -596,11 +596,12 @@ fn finish(
         let _ = inodes.inval_inode(fuser::INodeNo(ino), 0, 0);
     }));
     offload.start_sweeper();
-    let opts = MountOptions {
-        mountpoint: mounted.mountpoint.clone(),
-        ..opts.clone()
-    };
-    let service = Arc::new(Service::new(manager, offload, &opts));
+    let service = Arc::new(Service::new(
+        manager,
+        offload,
+        &mounted.mountpoint,
+        &opts.state_dir,
+    ));
     Ok(Started {
         catalog,
         attached,

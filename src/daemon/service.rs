@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::MountOptions;
 use crate::control::server::Handler;
 use crate::control::{DaemonStatus, Request};
 use crate::error::{Error, ErrorKind, Result};
@@ -31,12 +30,19 @@ fn json(v: impl Serialize) -> Result<serde_json::Value> {
 }
 
 impl Service {
-    pub fn new(manager: Arc<Manager>, offload: Arc<Offload>, opts: &MountOptions) -> Self {
+    /// The control service of the mount at `mountpoint` (canonical), whose
+    /// state is in `state_dir`.
+    pub fn new(
+        manager: Arc<Manager>,
+        offload: Arc<Offload>,
+        mountpoint: &Path,
+        state_dir: &Path,
+    ) -> Self {
         Service {
             manager,
             offload,
-            mountpoint: opts.mountpoint.display().to_string(),
-            state_dir: opts.state_dir.display().to_string(),
+            mountpoint: mountpoint.display().to_string(),
+            state_dir: state_dir.display().to_string(),
             started: Instant::now(),
             started_ns: Timespec::now().as_nanos(),
         }

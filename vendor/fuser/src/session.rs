@@ -284,7 +284,7 @@ impl<FS: Filesystem> Session<FS> {
             idle: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
             max: n_threads,
-            events: std::sync::Mutex::new(events),
+            events,
         });
         let spawn = |i: usize, ch: Channel| {
             let thread_name = format!("fuser-{i}");
@@ -294,7 +294,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
-                pool: Some(pool.clone()),
+                pool: pool.clone(),
             };
             pool.idle.fetch_add(1, Ordering::AcqRel);
             pool.started.fetch_add(1, Ordering::AcqRel);
@@ -312,14 +312,12 @@ impl<FS: Filesystem> Session<FS> {
         let mut threads = vec![spawn(0, ch.clone())?];
         let mut reply: io::Result<()> = Ok(());
         let mut live = 1;
-        let mut can_grow = true;
         while live > 0 {
             let Ok(event) = inbox.recv() else { break };
             match event {
                 PoolEvent::Busy => {
-                    if !can_grow
-                        || pool.idle.load(Ordering::Acquire) > 0
-                        || threads.len() >= n_threads
+                    if pool.idle.load(Ordering::Acquire) > 0
+                        || pool.started.load(Ordering::Acquire) >= pool.max
                     {
                         continue;
                     }
@@ -343,9 +341,8 @@ impl<FS: Filesystem> Session<FS> {
                         }
                         Err(e) => {
                             warn!("FUSE worker {i} not started: {e}");
-                            can_grow = false;
-                            // No more workers will be asked for.
-                            pool.started.store(n_threads, Ordering::Release);
+                            // Stop growing: no more workers are asked for.
+                            pool.started.store(pool.max, Ordering::Release);
                         }
                     }
                 }
@@ -564,7 +561,7 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
     /// fsd patch: the on-demand worker pool this loop belongs to.
-    pub(crate) pool: Option<Arc<Pool>>,
+    pub(crate) pool: Arc<Pool>,
 }
 
 /// fsd patch: what a worker tells the session thread.
@@ -582,13 +579,12 @@ pub(crate) struct Pool {
     /// Workers started (or, once growing failed, `max`).
     started: AtomicUsize,
     max: usize,
-    events: std::sync::Mutex<mpsc::Sender<PoolEvent>>,
+    events: mpsc::Sender<PoolEvent>,
 }
 
 impl Pool {
     fn send(&self, e: PoolEvent) {
-        let tx = self.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let _ = tx.send(e);
+        let _ = self.events.send(e);
     }
 
     /// A worker took a request: ask for another if none is left idle and
@@ -623,13 +619,9 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());
                         } else {
-                            if let Some(p) = &self.pool {
-                                p.took();
-                            }
+                            self.pool.took();
                             req.dispatch(self);
-                            if let Some(p) = &self.pool {
-                                p.done();
-                            }
+                            self.pool.done();
                         }
                     }
                     // Quit loop on illegal request
