@@ -31,6 +31,17 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 STAMP = 32          # bytes overwritten at the start of every MiB per run
 
 
+def release_dir():
+    """Builds the release binaries (a no-op when they are current, so the
+    numbers are always those of the checked-out code) and returns where cargo
+    put them: target/<host triple>/release, because .cargo/config.toml names
+    the target to link fsd statically."""
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+    host = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("host:"))
+    return REPO / "target" / host / "release"
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
@@ -572,9 +583,7 @@ class BenchBase:
     def install_binaries(self):
         """A private copy of the release binaries: a concurrent `cargo build`
         must not swap fsd under a running benchmark."""
-        rel = REPO / "target" / "release"
-        if not (rel / "fsd").exists() or not (rel / "tokenctl").exists():
-            subprocess.run(["cargo", "build", "--release"], cwd=REPO, check=True)
+        rel = release_dir()
         (self.workdir / "bin").mkdir(parents=True, exist_ok=True)
         for b in ("fsd", "tokenctl"):
             shutil.copy2(rel / b, self.workdir / "bin" / b)
