@@ -185,10 +185,12 @@ fn run_detached(opts: &MountOptions) -> ExitCode {
                 let _ = nix::unistd::dup2_stderr(l);
             }
             init_logging(&opts.config.log.level, log.ok());
-            // Dropping the pipe closes it, which ends the parent's wait.
-            let pipe = std::cell::RefCell::new(Some(std::fs::File::from(w)));
+            // Dropping the pipe closes it, which ends the parent's wait. A
+            // Mutex, not a RefCell: `ready` runs on the catalog thread.
+            let pipe = std::sync::Mutex::new(Some(std::fs::File::from(w)));
+            let take = || pipe.lock().unwrap_or_else(|p| p.into_inner()).take();
             let result = daemon::run(opts, |attached| {
-                if let Some(mut p) = pipe.borrow_mut().take() {
+                if let Some(mut p) = take() {
                     let mut m = vec![0];
                     m.extend_from_slice(attached.as_bytes());
                     let _ = p.write_all(&m);
@@ -197,7 +199,7 @@ fn run_detached(opts: &MountOptions) -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(f) => {
-                    if let Some(mut p) = pipe.borrow_mut().take() {
+                    if let Some(mut p) = take() {
                         let mut m = vec![f.code as u8];
                         m.extend_from_slice(f.to_string().as_bytes());
                         let _ = p.write_all(&m);

@@ -247,23 +247,56 @@ fn check_mountpoint(mp: &Path) -> std::result::Result<PathBuf, Fatal> {
         }
         Err(e) => return fail(ErrorKind::Invalid, format!("mountpoint {shown}: {e}")),
     };
-    match std::fs::metadata(&canon) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return fail(
-                ErrorKind::NotDir,
-                format!("mountpoint {shown}: not a directory"),
-            );
-        }
+    let st = match statx(&canon, 0) {
+        Ok(st) => st,
         Err(e) => return fail(ErrorKind::Invalid, format!("mountpoint {shown}: {e}")),
+    };
+    if u32::from(st.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
+        return fail(
+            ErrorKind::NotDir,
+            format!("mountpoint {shown}: not a directory"),
+        );
     }
-    if mounts().iter().any(|(p, _)| p == &canon) {
+    // The kernel says whether the path is the root of a mount (Linux 5.8+);
+    // older kernels leave the attribute out of the mask, and mountinfo is
+    // read instead.
+    let root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    let mounted = if st.stx_attributes_mask & root != 0 {
+        st.stx_attributes & root != 0
+    } else {
+        mounts().iter().any(|(p, _)| p == &canon)
+    };
+    if mounted {
         return fail(
             ErrorKind::Busy,
             format!("mountpoint {shown}: something is already mounted there; unmount it first"),
         );
     }
     Ok(canon)
+}
+
+/// statx(2) of `path` (which must not end in a symlink to follow) with
+/// `flags`, asking for the basic fields.
+fn statx(path: &Path, flags: i32) -> std::io::Result<libc::statx> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut st = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `st` a buffer the size of a
+    // struct statx, which the kernel fills on success.
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            flags | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BASIC_STATS,
+            st.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statx succeeded, so the kernel wrote the struct.
+    Ok(unsafe { st.assume_init() })
 }
 
 /// Raises the open-file limit to the hard limit: the chunk store keeps up to
@@ -278,21 +311,26 @@ fn raise_fd_limit() {
 /// Raises the kernel read-ahead of the mount so sequential reads arrive as
 /// 1 MiB requests. Best effort: a failure only costs speed.
 ///
-/// The mount's device number comes from mountinfo (the last mount on the
-/// path is ours), not from a stat of the mountpoint: that stat is a FUSE
-/// request served by the daemon's own workers just as the first requests
-/// of a caller arrive, and while it runs the mount is busy, so an unmount
-/// issued at that moment failed with EBUSY.
+/// The mount's device number comes from a statx of the mountpoint with
+/// AT_STATX_DONT_SYNC, which FUSE answers from the kernel's cached
+/// attributes without sending a request: a request would wait for the
+/// daemon's own workers just as a caller's first requests arrive, and while
+/// it runs the mount is busy, so an unmount issued at that moment failed
+/// with EBUSY. Where that is not possible, mountinfo (the last mount on the
+/// path is ours) gives it.
 fn set_read_ahead(mountpoint: &Path, kb: u32) {
     if kb == 0 {
         return;
     }
-    let Some((major, minor)) = mounts()
-        .into_iter()
-        .rev()
-        .find(|(p, _)| p == mountpoint)
-        .and_then(|(_, dev)| dev)
-    else {
+    let dev = match statx(mountpoint, libc::AT_STATX_DONT_SYNC) {
+        Ok(st) => Some((st.stx_dev_major, st.stx_dev_minor)),
+        Err(_) => mounts()
+            .into_iter()
+            .rev()
+            .find(|(p, _)| p == mountpoint)
+            .and_then(|(_, dev)| dev),
+    };
+    let Some((major, minor)) = dev else {
         return;
     };
     let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
@@ -485,70 +523,54 @@ fn load(
     })
 }
 
-/// The mount side of start-up, done: the kernel mount and its session
-/// running on its own thread.
+/// The mount side of start-up, done: the kernel mount, whose session the
+/// main thread then runs.
 struct Mounted {
     /// The mountpoint, canonical.
     mountpoint: PathBuf,
     unmounter: fuser::SessionUnmounter,
     entries: fuser::Notifier,
     inodes: fuser::Notifier,
-    session: std::thread::JoinHandle<()>,
 }
 
 /// Checks the mountpoint, binds the control socket and mounts. The socket is
 /// bound before the mount and served after start-up, so a tokenctl that
 /// finds the mount can connect at once and waits in the listen queue.
+///
+/// The signal thread starts first: nothing after the mount should create a
+/// thread, since the first requests wait for whatever runs then.
 fn mount_side(
     opts: &MountOptions,
     fs: FuseFs,
     events: mpsc::Sender<Event>,
     sigs: SigSet,
-) -> std::result::Result<(Mounted, Server), Fatal> {
+) -> std::result::Result<(fuser::Session<FuseFs>, Mounted, Server), Fatal> {
     let failed = |e: Error| Fatal::new(exit::FAILED, e);
-    let mountpoint = check_mountpoint(&opts.mountpoint)?;
-    let socket = Server::bind(&config::socket_path(&opts.state_dir)).map_err(failed)?;
-    let mut session = mount(&opts.config, &mountpoint, fs)?;
-    let mut unmounter = session.unmount_callable();
-    let entries = session.notifier();
-    let inodes = session.notifier();
-    let signals = events.clone();
-    let session = std::thread::Builder::new()
-        .name("fsd-session".into())
-        .spawn(move || {
-            let r = session.run();
-            let _ = events.send(Event::SessionEnded(r));
-        });
-    let session = match session {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = unmounter.unmount();
-            return Err(failed(Error::io("starting the FUSE session", e)));
-        }
-    };
-    // The signal thread; SIGTERM before it starts stays pending until then.
-    let signal_thread = std::thread::Builder::new()
+    // SIGTERM before the thread starts stays pending until then.
+    std::thread::Builder::new()
         .name("fsd-signals".into())
         .spawn(move || {
             while let Ok(sig) = sigs.wait() {
-                if signals.send(Event::Signal(sig)).is_err() {
+                if events.send(Event::Signal(sig)).is_err() {
                     break;
                 }
             }
-        });
-    if let Err(e) = signal_thread {
-        let _ = unmounter.unmount();
-        return Err(failed(Error::io("starting the signal thread", e)));
-    }
+        })
+        .map_err(|e| failed(Error::io("starting the signal thread", e)))?;
+    let mountpoint = check_mountpoint(&opts.mountpoint)?;
+    let socket = Server::bind(&config::socket_path(&opts.state_dir)).map_err(failed)?;
+    let mut session = mount(&opts.config, &mountpoint, fs)?;
+    let unmounter = session.unmount_callable();
+    let entries = session.notifier();
+    let inodes = session.notifier();
     set_read_ahead(&mountpoint, opts.config.mount.read_ahead_kb);
     let mounted = Mounted {
         mountpoint,
         unmounter,
         entries,
         inodes,
-        session,
     };
-    Ok((mounted, socket))
+    Ok((session, mounted, socket))
 }
 
 /// What start-up leaves running, besides the FUSE session.
@@ -609,15 +631,18 @@ fn finish(
     })
 }
 
+/// How long the FUSE session may take to end after the unmount.
+const DRAIN: Duration = Duration::from_secs(30);
+
 /// Unmounts, lazily if the mount is busy (open files keep being served
-/// until they close), and waits for the session's requests to drain: the
-/// session ends when the kernel says the mount is gone, but the wait is
-/// bounded.
-fn unmount_and_drain(
+/// until they close), and waits for the main thread to report that the
+/// session's requests have drained: the session ends when the kernel says
+/// the mount is gone. Returns false if that did not happen within [`DRAIN`].
+fn unmount_and_wait(
     unmounter: &mut fuser::SessionUnmounter,
     mountpoint: &Path,
-    session: std::thread::JoinHandle<()>,
-) {
+    events: &mpsc::Receiver<Event>,
+) -> bool {
     if let Err(e) = unmounter.unmount() {
         tracing::warn!(
             "unmount: {e}; the mount is busy, detaching it lazily and waiting for open files to \
@@ -625,19 +650,104 @@ fn unmount_and_drain(
         );
         let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
     }
-    drain(session);
+    wait_for_session_end(events)
 }
 
-fn drain(session: std::thread::JoinHandle<()>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !session.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+/// Waits up to [`DRAIN`] for [`Event::SessionEnded`]; further signals are
+/// ignored meanwhile (the unmount is already under way).
+fn wait_for_session_end(events: &mpsc::Receiver<Event>) -> bool {
+    let deadline = Instant::now() + DRAIN;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(Event::SessionEnded(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+            Ok(Event::Signal(_)) => continue,
+            Err(mpsc::RecvTimeoutError::Timeout) => return false,
+        }
     }
-    if !session.is_finished() {
-        tracing::warn!("the FUSE session did not end within 30 s; exiting anyway");
-    } else {
-        let _ = session.join();
+}
+
+/// The session did not end in time after the unmount: the main thread is
+/// still inside it, so this thread ends the process, as the daemon has
+/// always done after [`DRAIN`]. Open files on a lazily detached mount then
+/// get ENOTCONN.
+fn exit_without_drain(catalog: Option<&Catalog>, code: i32) -> ! {
+    tracing::warn!("the FUSE session did not end within {DRAIN:?}; exiting anyway");
+    if let Some(c) = catalog
+        && let Err(e) = c.sync()
+    {
+        tracing::warn!("catalog checkpoint at exit: {e}");
     }
+    std::process::exit(code)
+}
+
+/// Everything but serving FUSE requests, on the catalog thread: start-up's
+/// catalog side ([`load`]), then, once the main thread has mounted, the
+/// rest of start-up ([`finish`]), `ready`, and the wait for a signal or the
+/// end of the session. Returns when the session has ended.
+#[allow(clippy::too_many_arguments)]
+fn lifecycle(
+    opts: &MountOptions,
+    core: Arc<Core>,
+    ids: Arc<Primed>,
+    gate: &StartGate,
+    loaded_done: &(dyn Fn() + Sync),
+    mounted: mpsc::Receiver<Option<(Mounted, Server)>>,
+    events: mpsc::Receiver<Event>,
+    ready: impl FnOnce(&str),
+) -> std::result::Result<(), Fatal> {
+    let failed = |e: Error| Fatal::new(exit::FAILED, e);
+    let loaded = load(opts, core, ids.clone());
+    if loaded.is_ok() {
+        loaded_done();
+    }
+    ids.close();
+    // None: the mount side failed, and the main thread reports it (a
+    // mountpoint refusal comes first, as when it was checked before
+    // anything else).
+    let Ok(Some((mut mounted, socket))) = mounted.recv() else {
+        return Ok(());
+    };
+    let started = match loaded.and_then(|l| finish(opts, l, &mounted, socket)) {
+        Ok(s) => s,
+        Err(f) => {
+            gate.fail();
+            if !unmount_and_wait(&mut mounted.unmounter, &mounted.mountpoint, &events) {
+                tracing::error!("{f}");
+                exit_without_drain(None, f.code);
+            }
+            return Err(f);
+        }
+    };
+    let mountpoint = &mounted.mountpoint;
+    tracing::info!(
+        mountpoint = %mountpoint.display(),
+        state = %opts.state_dir.display(),
+        "fsd is serving"
+    );
+    ready(&started.attached);
+
+    let mut result = Ok(());
+    match events.recv() {
+        Ok(Event::Signal(sig)) => {
+            tracing::info!("{sig:?} received; unmounting {}", mountpoint.display());
+            if !unmount_and_wait(&mut mounted.unmounter, mountpoint, &events) {
+                exit_without_drain(Some(&started.catalog), exit::OK);
+            }
+        }
+        Ok(Event::SessionEnded(r)) => {
+            if let Err(e) = r {
+                result = Err(failed(Error::io("FUSE session", e)));
+            }
+            tracing::info!("{} was unmounted", mountpoint.display());
+        }
+        Err(_) => {}
+    }
+    if let Err(e) = started.catalog.sync() {
+        tracing::warn!("catalog checkpoint at exit: {e}");
+    }
+    tracing::info!("fsd stopped");
+    result
 }
 
 /// Serves the mount until it is unmounted or the daemon is signalled.
@@ -646,11 +756,15 @@ fn drain(session: std::thread::JoinHandle<()>) {
 ///
 /// Once the state directory is locked, start-up runs on two threads: one
 /// opens the catalog, reloads the volumes and attaches the `--attach`
-/// archives ([`load`]); the other checks the mountpoint and mounts
-/// ([`mount_side`]). FUSE requests that arrive before both are done wait at
-/// the start-up gate ([`crate::fuse::gate`]). If start-up fails after the
-/// mount, they get EIO and the mount is removed before the error returns.
-pub fn run(opts: &MountOptions, ready: impl FnOnce(&str)) -> std::result::Result<(), Fatal> {
+/// archives ([`load`]); the main thread checks the mountpoint, mounts
+/// ([`mount_side`]) and then serves FUSE requests itself as the session's
+/// first worker, so the first request after the mount needs no thread to
+/// be created or woken. Requests that arrive before the catalog side is
+/// done wait at the start-up gate ([`crate::fuse::gate`]). If start-up
+/// fails after the mount, they get EIO and the mount is removed before the
+/// error returns. The catalog thread then runs the rest of the daemon's
+/// life ([`lifecycle`]).
+pub fn run(opts: &MountOptions, ready: impl FnOnce(&str) + Send) -> std::result::Result<(), Fatal> {
     let failed = |e: Error| Fatal::new(exit::FAILED, e);
     // Block the shutdown signals in every thread; one thread waits for them.
     let mut sigs = SigSet::empty();
@@ -669,86 +783,53 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str)) -> std::result::Result
     let core = Arc::new(Core::new());
     let gate = Arc::new(StartGate::default());
     let (tx, rx) = mpsc::channel::<Event>();
-    // The side that finishes last opens the gate at once, without waiting
-    // for this thread to join the other.
+    // The side that finishes last opens the gate at once.
     let pending = AtomicUsize::new(2);
     let done = || {
         if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             gate.open();
         }
     };
-    let load_and_open = || {
-        let r = load(opts, core.clone(), ids.clone());
-        if r.is_ok() {
-            done();
-        }
-        r
-    };
-    let (mounted, loaded) = std::thread::scope(|s| {
-        let loader = std::thread::Builder::new()
-            .name("fsd-load".into())
-            .spawn_scoped(s, load_and_open);
-        let fs = FuseFs::new(core.clone(), gate.clone());
-        let mounted = mount_side(opts, fs, tx.clone(), sigs);
-        if mounted.is_ok() {
-            done();
-        }
-        let loaded = match loader {
-            Ok(h) => h.join().unwrap_or_else(|_| {
+    std::thread::scope(|s| {
+        let (mounted_tx, mounted_rx) = mpsc::channel();
+        let life = std::thread::Builder::new()
+            .name("fsd-lifecycle".into())
+            .spawn_scoped(s, || {
+                lifecycle(
+                    opts,
+                    core.clone(),
+                    ids.clone(),
+                    &gate,
+                    &done,
+                    mounted_rx,
+                    rx,
+                    ready,
+                )
+            })
+            .map_err(|e| failed(Error::io("starting the catalog thread", e)))?;
+        let joined = |h: std::thread::ScopedJoinHandle<'_, _>| {
+            h.join().unwrap_or_else(|_| {
                 Err(failed(Error::new(
                     ErrorKind::Io,
-                    "start-up: the catalog thread panicked",
+                    "the catalog thread panicked",
                 )))
-            }),
-            Err(_) => load_and_open(),
+            })
         };
-        (mounted, loaded)
-    });
-    ids.close();
-    // A mountpoint refusal comes first, as it did when the mountpoint was
-    // checked before anything else.
-    let (mut mounted, socket) = mounted?;
-    let started = match loaded.and_then(|l| finish(opts, l, &mounted, socket)) {
-        Ok(s) => s,
-        Err(f) => {
-            gate.fail();
-            unmount_and_drain(&mut mounted.unmounter, &mounted.mountpoint, mounted.session);
-            return Err(f);
-        }
-    };
-    let Mounted {
-        mountpoint,
-        mut unmounter,
-        session,
-        ..
-    } = mounted;
-    tracing::info!(
-        mountpoint = %mountpoint.display(),
-        state = %opts.state_dir.display(),
-        "fsd is serving"
-    );
-    ready(&started.attached);
-
-    let mut result = Ok(());
-    match rx.recv() {
-        Ok(Event::Signal(sig)) => {
-            tracing::info!("{sig:?} received; unmounting {}", mountpoint.display());
-            unmount_and_drain(&mut unmounter, &mountpoint, session);
-        }
-        Ok(Event::SessionEnded(r)) => {
-            if let Err(e) = r {
-                result = Err(failed(Error::io("FUSE session", e)));
+        let fs = FuseFs::new(core.clone(), gate.clone());
+        let (session, mounted, socket) = match mount_side(opts, fs, tx.clone(), sigs) {
+            Ok(m) => m,
+            Err(f) => {
+                let _ = mounted_tx.send(None);
+                let _ = joined(life);
+                return Err(f);
             }
-            tracing::info!("{} was unmounted", mountpoint.display());
-            drain(session);
-        }
-        Err(_) => drain(session),
-    }
-    if let Err(e) = started.catalog.sync() {
-        tracing::warn!("catalog checkpoint at exit: {e}");
-    }
-    tracing::info!("fsd stopped");
-    result
+        };
+        let _ = mounted_tx.send(Some((mounted, socket)));
+        done();
+        let r = session.run();
+        let _ = tx.send(Event::SessionEnded(r));
+        joined(life)
+    })
 }
 
 #[cfg(test)]

@@ -75,6 +75,11 @@ impl StartGate {
         self.changed.notify_all();
     }
 
+    /// True once start-up has ended, either way.
+    pub fn ended(&self) -> bool {
+        self.state.load(Ordering::Acquire) != STARTING
+    }
+
     /// Waits until start-up has ended, unless thread `tid` (the request's
     /// caller as FUSE reports it) is one of the daemon's own.
     pub fn pass(&self, tid: u32) -> Verdict {
@@ -155,6 +160,17 @@ mod tests {
         );
         g.open();
         assert_eq!(g.pass(stranger()), Verdict::Failed);
+    }
+
+    #[test]
+    fn ended_says_whether_start_up_is_over_either_way() {
+        let g = StartGate::default();
+        assert!(!g.ended());
+        g.open();
+        assert!(g.ended());
+        let g = StartGate::default();
+        g.fail();
+        assert!(g.ended());
     }
 
     #[test]

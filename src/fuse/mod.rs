@@ -182,6 +182,12 @@ impl Filesystem for FuseFs {
         Ok(())
     }
 
+    /// No new FUSE worker while requests wait for start-up: see
+    /// [`gate`]. The pool grows again once they are served.
+    fn may_add_worker(&self) -> bool {
+        self.gate.ended()
+    }
+
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         gated!(self, req, reply);
         let r = self.core.lookup(parent.0, name.as_bytes());

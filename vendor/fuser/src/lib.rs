@@ -409,6 +409,16 @@ pub trait Filesystem: Send + Sync + 'static {
     /// Called on filesystem exit.
     fn destroy(&mut self) {}
 
+    /// fsd patch: whether the worker pool may start another worker now,
+    /// asked each time every worker is busy. A filesystem that holds
+    /// requests until it has finished starting answers false meanwhile:
+    /// the held requests keep their workers busy, and a worker started then
+    /// would only compete for the CPU with the start-up they wait for.
+    /// Growth resumes with the next request that finds every worker busy.
+    fn may_add_worker(&self) -> bool {
+        true
+    }
+
     /// Look up a directory entry by name and get its attributes.
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         warn!("[Not Implemented] lookup(parent: {parent:#x?}, name {name:?})");

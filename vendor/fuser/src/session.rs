@@ -272,94 +272,60 @@ impl<FS: Filesystem> Session<FS> {
         let mut filesystem = Arc::new(filesystem);
 
         // fsd patch: workers start on demand, up to n_threads, as in
-        // libfuse's multi-threaded loop. The first reads from the session's
-        // own channel; when a worker takes a request and no other is idle,
-        // it asks this thread for one more (a clone of the channel: an open
-        // of /dev/fuse and an ioctl, plus a thread), so a request never
-        // waits for a spawn and a mount that serves one request at a time
-        // costs one thread, not n_threads. A clone or spawn that fails
-        // leaves the session with the workers it has.
+        // libfuse's multi-threaded loop. The thread that calls `run` is the
+        // first worker and reads from the session's own channel, so a
+        // request that arrives right after the mount never waits for a
+        // thread to be created or scheduled. When a worker takes a request
+        // and no other is idle, it asks the pool thread for one more (a
+        // clone of the channel: an open of /dev/fuse and an ioctl, plus a
+        // thread), so a request never waits for a spawn either, and a mount
+        // that serves one request at a time costs one worker, not
+        // n_threads. A clone or spawn that fails leaves the session with
+        // the workers it has.
         let (events, inbox) = mpsc::channel::<PoolEvent>();
         let pool = Arc::new(Pool {
-            idle: AtomicUsize::new(0),
-            started: AtomicUsize::new(0),
+            idle: AtomicUsize::new(1),
+            started: AtomicUsize::new(1),
             max: n_threads,
             events,
         });
-        let spawn = |i: usize, ch: Channel| {
-            let thread_name = format!("fuser-{i}");
-            let event_loop = SessionEventLoop {
-                thread_name: thread_name.clone(),
+        let grower = if n_threads > 1 {
+            let workers = Workers {
                 filesystem: filesystem.clone(),
-                ch,
+                ch: ch.clone(),
+                clone_fd: config.clone_fd,
                 allowed,
                 session_owner,
                 pool: pool.clone(),
             };
-            pool.idle.fetch_add(1, Ordering::AcqRel);
-            pool.started.fetch_add(1, Ordering::AcqRel);
-            let exits = pool.clone();
-            let r = thread::Builder::new().name(thread_name).spawn(move || {
-                let r = event_loop.event_loop();
-                exits.send(PoolEvent::Exited(r));
-            });
-            if r.is_err() {
-                pool.idle.fetch_sub(1, Ordering::AcqRel);
-                pool.started.fetch_sub(1, Ordering::AcqRel);
-            }
-            r
+            Some(
+                thread::Builder::new()
+                    .name("fuser-pool".into())
+                    .spawn(move || workers.grow(inbox))?,
+            )
+        } else {
+            drop(inbox);
+            None
         };
-        let mut threads = vec![spawn(0, ch.clone())?];
-        let mut reply: io::Result<()> = Ok(());
-        let mut live = 1;
-        while live > 0 {
-            let Ok(event) = inbox.recv() else { break };
-            match event {
-                PoolEvent::Busy => {
-                    if pool.idle.load(Ordering::Acquire) > 0
-                        || pool.started.load(Ordering::Acquire) >= pool.max
-                    {
-                        continue;
-                    }
-                    let i = threads.len();
-                    let next = if config.clone_fd {
-                        #[cfg(target_os = "linux")]
-                        {
-                            ch.clone_fd()
-                        }
-                        #[cfg(not(target_os = "linux"))]
-                        {
-                            Err(io::Error::other("clone_fd is only supported on Linux"))
-                        }
-                    } else {
-                        Ok(ch.clone())
-                    };
-                    match next.and_then(|c| spawn(i, c)) {
-                        Ok(t) => {
-                            threads.push(t);
-                            live += 1;
-                        }
-                        Err(e) => {
-                            warn!("FUSE worker {i} not started: {e}");
-                            // Stop growing: no more workers are asked for.
-                            pool.started.store(pool.max, Ordering::Release);
-                        }
+        let first = SessionEventLoop {
+            thread_name: thread::current().name().unwrap_or("fuser-0").to_string(),
+            filesystem: filesystem.clone(),
+            ch,
+            allowed,
+            session_owner,
+            pool: pool.clone(),
+        };
+        let mut reply = first.event_loop();
+        drop(first);
+        if let Some(grower) = grower {
+            pool.send(PoolEvent::Stop);
+            match grower.join() {
+                Ok(r) => {
+                    if reply.is_ok() {
+                        reply = r;
                     }
                 }
-                PoolEvent::Exited(r) => {
-                    live -= 1;
-                    if let Err(e) = r {
-                        if reply.is_ok() {
-                            reply = Err(e);
-                        }
-                    }
-                }
-            }
-        }
-        drop(ch);
-        for thread in threads {
-            if thread.join().is_err() {
-                return Err(io::Error::other("event loop thread panicked"));
+                Err(_) => return Err(io::Error::other("worker pool thread panicked")),
             }
         }
 
@@ -564,12 +530,115 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) pool: Arc<Pool>,
 }
 
-/// fsd patch: what a worker tells the session thread.
+/// fsd patch: what the pool thread is told.
 pub(crate) enum PoolEvent {
     /// A worker took a request and none was left idle.
     Busy,
-    /// A worker's loop ended with this result.
+    /// A worker the pool thread started ended its loop with this result.
     Exited(io::Result<()>),
+    /// The first worker (the thread running the session) has ended: start
+    /// no more, and return once the others have ended too.
+    Stop,
+}
+
+/// fsd patch: what the pool thread needs to start workers.
+struct Workers<FS: Filesystem> {
+    filesystem: Arc<FilesystemHolder<FS>>,
+    ch: Channel,
+    clone_fd: bool,
+    allowed: SessionACL,
+    session_owner: Uid,
+    pool: Arc<Pool>,
+}
+
+impl<FS: Filesystem> Workers<FS> {
+    /// The pool thread: starts a worker whenever one is asked for and the
+    /// pool may grow, until the first worker has ended and every other one
+    /// with it (they all end when the mount goes away). Returns the first
+    /// error a worker it started ended with.
+    fn grow(self, inbox: mpsc::Receiver<PoolEvent>) -> io::Result<()> {
+        let mut threads = Vec::new();
+        let mut reply: io::Result<()> = Ok(());
+        let (mut live, mut stopping) = (0usize, false);
+        while !(stopping && live == 0) {
+            let Ok(event) = inbox.recv() else { break };
+            match event {
+                PoolEvent::Busy => {
+                    if stopping
+                        || self.pool.idle.load(Ordering::Acquire) > 0
+                        || self.pool.started.load(Ordering::Acquire) >= self.pool.max
+                        || !self.filesystem.fs.as_ref().is_some_and(|f| f.may_add_worker())
+                    {
+                        continue;
+                    }
+                    let i = threads.len() + 1;
+                    match self.start(i) {
+                        Ok(t) => {
+                            threads.push(t);
+                            live += 1;
+                        }
+                        Err(e) => {
+                            warn!("FUSE worker {i} not started: {e}");
+                            // Stop growing: no more workers are asked for.
+                            self.pool.started.store(self.pool.max, Ordering::Release);
+                        }
+                    }
+                }
+                PoolEvent::Exited(r) => {
+                    live -= 1;
+                    if let Err(e) = r {
+                        if reply.is_ok() {
+                            reply = Err(e);
+                        }
+                    }
+                }
+                PoolEvent::Stop => stopping = true,
+            }
+        }
+        for thread in threads {
+            if thread.join().is_err() {
+                return Err(io::Error::other("event loop thread panicked"));
+            }
+        }
+        reply
+    }
+
+    /// Starts worker `i` on a channel of its own (or the shared one).
+    fn start(&self, i: usize) -> io::Result<JoinHandle<()>> {
+        let ch = if self.clone_fd {
+            #[cfg(target_os = "linux")]
+            {
+                self.ch.clone_fd()?
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                return Err(io::Error::other("clone_fd is only supported on Linux"));
+            }
+        } else {
+            self.ch.clone()
+        };
+        let thread_name = format!("fuser-{i}");
+        let event_loop = SessionEventLoop {
+            thread_name: thread_name.clone(),
+            filesystem: self.filesystem.clone(),
+            ch,
+            allowed: self.allowed,
+            session_owner: self.session_owner,
+            pool: self.pool.clone(),
+        };
+        self.pool.idle.fetch_add(1, Ordering::AcqRel);
+        self.pool.started.fetch_add(1, Ordering::AcqRel);
+        let exits = self.pool.clone();
+        let r = thread::Builder::new().name(thread_name).spawn(move || {
+            let r = event_loop.event_loop();
+            exits.send(PoolEvent::Exited(r));
+        });
+        if r.is_err() {
+            self.pool.idle.fetch_sub(1, Ordering::AcqRel);
+            self.pool.started.fetch_sub(1, Ordering::AcqRel);
+        }
+        r
+    }
 }
 
 /// fsd patch: the on-demand worker pool's counters.
