@@ -47,6 +47,7 @@ pub struct MountConfig {
     pub allow_other: bool,
     pub read_ahead_kb: u32,
     pub archive_ttl_secs: u64,
+    pub poll_us: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,6 +81,7 @@ impl Config {
                 allow_other: true,
                 read_ahead_kb: 1024,
                 archive_ttl_secs: 86400,
+                poll_us: 50,
             },
             native: NativeConfig {
                 seal_threads: 6,
@@ -145,6 +147,9 @@ impl Config {
         if self.mount.read_ahead_kb > 1 << 20 {
             return Err("mount.read_ahead_kb must be at most 1048576".into());
         }
+        if self.mount.poll_us > 10_000 {
+            return Err("mount.poll_us must be at most 10000".into());
+        }
         Ok(())
     }
 }
@@ -199,6 +204,18 @@ mod tests {
                 .contains("thread")
         );
         assert!(Config::from_overlay("[mount]\nthreads = 0\n").is_err());
+        assert!(
+            Config::from_overlay("[mount]\npoll_us = 20000\n")
+                .unwrap_err()
+                .contains("poll_us")
+        );
+        assert_eq!(
+            Config::from_overlay("[mount]\npoll_us = 0\n")
+                .unwrap()
+                .mount
+                .poll_us,
+            0
+        );
         assert!(Config::from_overlay("[mount\n").is_err());
     }
 }

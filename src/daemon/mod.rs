@@ -446,6 +446,7 @@ fn mount(
     }
     fuse_cfg.n_threads = Some(config.mount.threads);
     fuse_cfg.clone_fd = true;
+    fuse_cfg.poll_after_metadata = Duration::from_micros(config.mount.poll_us.into());
     fuser::Session::new(fs, mountpoint, &fuse_cfg).map_err(|e| {
         Fatal::new(
             exit::MOUNT_FAILED,

@@ -286,6 +286,8 @@ impl<FS: Filesystem> Session<FS> {
         let pool = Arc::new(Pool {
             idle: AtomicUsize::new(1),
             started: AtomicUsize::new(1),
+            polling: std::sync::atomic::AtomicBool::new(false),
+            poll_after_metadata: config.poll_after_metadata,
             max: n_threads,
             events,
         });
@@ -647,6 +649,10 @@ pub(crate) struct Pool {
     idle: AtomicUsize,
     /// Workers started (or, once growing failed, `max`).
     started: AtomicUsize,
+    /// A worker is polling for the next request (at most one does).
+    polling: std::sync::atomic::AtomicBool,
+    /// How long a worker polls after a request other than READ or WRITE.
+    poll_after_metadata: std::time::Duration,
     max: usize,
     events: mpsc::Sender<PoolEvent>,
 }
@@ -666,6 +672,17 @@ impl Pool {
         }
     }
 
+    /// Polls `ch` for the next request for the configured time, unless
+    /// another worker already does: one poller catches a stream of
+    /// requests, more would only take CPU from the programs sending them.
+    fn poll_for_request(&self, ch: &Channel) {
+        if self.polling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        ch.poll_for_request(self.poll_after_metadata);
+        self.polling.store(false, Ordering::Release);
+    }
+
     fn done(&self) {
         self.idle.fetch_add(1, Ordering::AcqRel);
     }
@@ -677,17 +694,28 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         // it is reused immediately after dispatching to conserve memory and allocations.
         let mut buf = FuseReadBuf::new();
         let buf = buf.as_mut();
+        // fsd patch: after a metadata request, poll briefly for the next one.
+        let mut poll = false;
         loop {
+            if poll {
+                self.pool.poll_for_request(&self.ch);
+            }
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
             match self.ch.receive_retrying(buf) {
                 Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
-                        if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                        let op = req.request.operation();
+                        if let Ok(Operation::Destroy(_)) = op {
                             req.reply::<ReplyEmpty>().ok();
                             return Ok(());
                         } else {
+                            // Data requests come from read-ahead and
+                            // writeback as often as from a waiting program,
+                            // and take long enough to make polling moot.
+                            poll = !self.pool.poll_after_metadata.is_zero()
+                                && matches!(&op, Ok(o) if !matches!(o, Operation::Read(_) | Operation::Write(_)));
                             self.pool.took();
                             req.dispatch(self);
                             self.pool.done();

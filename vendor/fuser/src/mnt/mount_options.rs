@@ -18,6 +18,10 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// fsd patch: after answering a request other than READ or WRITE, a
+    /// worker polls for the next request this long before it sleeps in
+    /// `read`, one worker at a time. Zero (the default) never polls.
+    pub poll_after_metadata: std::time::Duration,
 }
 
 /// Mount options accepted by the FUSE filesystem type
