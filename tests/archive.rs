@@ -1004,6 +1004,80 @@ fn daemon_refusals() {
     assert_eq!(o.status.code(), Some(3), "{o:?}");
 }
 
+/// SIGTERM while a program holds a file open: the mount is detached at
+/// once (new paths no longer reach it), the open file is still served until
+/// it is closed, and then the daemon exits cleanly. The FUSE session runs on
+/// the daemon's main thread and the signal is handled on another, so this
+/// walks the hand-over between them.
+#[test]
+fn sigterm_with_a_file_open_serves_it_until_closed_then_exits() {
+    let mut d = Daemon::start();
+    let src = d.dir.path().join("held");
+    std::fs::create_dir(&src).unwrap();
+    // 8 MiB of non-repeating bytes: the read after the signal lies beyond
+    // the kernel's read-ahead of the first, so the daemon must serve it.
+    let data: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(src.join("f.bin"), &data).unwrap();
+    let archive = d.dir.path().join("held.tar");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&src)
+        .arg("f.bin"));
+    let id = d.attach(&archive);
+    let file = std::fs::File::open(d.vol(&id).join("f.bin")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    file.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, data[..4096]);
+
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while is_mounted(&d.mnt) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still mounted 20 s after SIGTERM; log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        !d.mnt.join("volumes").exists(),
+        "new paths still reach the mount"
+    );
+    let at = 6 << 20;
+    file.read_exact_at(&mut buf, at as u64).unwrap();
+    assert_eq!(
+        buf,
+        data[at..at + 4096],
+        "the held file, read after SIGTERM"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(d.exited(), None, "fsd exited with a file still open");
+
+    drop(file);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = d.exited() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fsd still running 20 s after the last file closed; log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}; log:\n{}", d.log_text());
+    assert!(
+        d.log_text().contains("detaching it lazily"),
+        "{}",
+        d.log_text()
+    );
+}
+
 #[test]
 fn sigint_unmounts_and_daemon_mode_detaches() {
     let mut d = Daemon::start();

@@ -172,6 +172,21 @@ impl Daemon {
         self.mnt.join("volumes").join(id)
     }
 
+    /// Sends `sig` to the daemon, leaving it in place to be waited for.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig).unwrap();
+        }
+    }
+
+    /// The daemon's exit status if it has exited (it is then forgotten),
+    /// or None while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// Sends SIGTERM and waits for a clean exit and unmount.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
