@@ -1016,17 +1016,10 @@ fn sigterm_with_a_file_open_serves_it_until_closed_then_exits() {
     std::fs::create_dir(&src).unwrap();
     // 8 MiB of non-repeating bytes: the read after the signal lies beyond
     // the kernel's read-ahead of the first, so the daemon must serve it.
-    let data: Vec<u8> = (0..8u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let data = pattern(8, 8 << 20);
     std::fs::write(src.join("f.bin"), &data).unwrap();
     let archive = d.dir.path().join("held.tar");
-    run(Command::new("tar")
-        .arg("-cf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&src)
-        .arg("f.bin"));
+    tar_of(&archive, &src, "f.bin");
     let id = d.attach(&archive);
     let file = std::fs::File::open(d.vol(&id).join("f.bin")).unwrap();
     let mut buf = vec![0u8; 4096];

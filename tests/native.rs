@@ -276,12 +276,7 @@ print(level[0].hex())
     assert_eq!(th(&v.join("rand")), want.trim());
     // An archive member: computed on first request, then cached.
     let tar = d.dir.path().join("t.tar");
-    run(Command::new("tar")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(d.dir.path())
-        .arg("rand"));
+    tar_of(&tar, d.dir.path(), "rand");
     let id = d.attach(&tar);
     assert_eq!(th(&d.vol(&id).join("rand")), want.trim());
     assert_eq!(th(&d.vol(&id).join("rand")), want.trim());
@@ -314,12 +309,7 @@ fn copies_with_cp_and_rsync() {
     std::os::unix::fs::symlink("a", src.join("link")).unwrap();
     std::fs::set_permissions(src.join("a"), std::fs::Permissions::from_mode(0o751)).unwrap();
     let tar = d.dir.path().join("src.tar");
-    run(Command::new("tar")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&src)
-        .arg("."));
+    tar_of(&tar, &src, ".");
     let id = d.attach(&tar);
     run(Command::new("cp")
         .arg("-a")

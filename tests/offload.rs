@@ -623,12 +623,7 @@ fn sources_and_destinations_of_every_kind() {
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("member"), pattern(13, 2_000_000)).unwrap();
     let tar = v.d.dir.path().join("t.tar");
-    run(Command::new("tar")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&src)
-        .arg("member"));
+    tar_of(&tar, &src, "member");
     let id = v.d.attach(&tar);
     let (tf, _) = read_token(&v, &v.d.vol(&id).join("member"), &[]);
     assert!(

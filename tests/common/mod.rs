@@ -291,6 +291,17 @@ pub fn have(prog: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// `tar -cf ARCHIVE -C DIR MEMBER` with GNU tar: an archive of one member
+/// (or of `.`, the whole directory).
+pub fn tar_of(archive: &Path, dir: &Path, member: &str) {
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(archive)
+        .arg("-C")
+        .arg(dir)
+        .arg(member));
+}
+
 /// Deterministic pseudo-random bytes (xorshift), for file contents.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
