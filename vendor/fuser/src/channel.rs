@@ -65,6 +65,18 @@ impl Channel {
         }
     }
 
+    /// fsd patch: whether a request is waiting to be read.
+    pub(crate) fn pending(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, and a zero timeout.
+        unsafe { libc::poll(&mut p, 1, 0) > 0 }
+    }
+
     /// Returns a sender object for this channel. The sender object can be
     /// used to send to the channel. Multiple sender objects can be used
     /// and they can safely be sent to other threads.
