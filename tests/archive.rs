@@ -308,6 +308,33 @@ fn gnu_tar_matches_tar_x() {
         .arg(&archive));
 }
 
+/// fsd and tokenctl are linked statically (.cargo/config.toml): neither
+/// has an ELF interpreter (PT_INTERP), so no dynamic loader runs before
+/// `main` (0.5 ms of every start when it did).
+#[test]
+fn binaries_are_static() {
+    for bin in [FSD, TOKENCTL] {
+        let elf = std::fs::read(bin).unwrap();
+        assert_eq!(&elf[..5], b"\x7fELF\x02", "{bin}: not a 64-bit ELF file");
+        let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+        let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+        let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+        let types: Vec<u32> = (0..phnum)
+            .map(|i| {
+                let o = phoff + i * phentsize;
+                u32::from_le_bytes(elf[o..o + 4].try_into().unwrap())
+            })
+            .collect();
+        const PT_LOAD: u32 = 1;
+        const PT_INTERP: u32 = 3;
+        assert!(types.contains(&PT_LOAD), "{bin}: no program headers read");
+        assert!(
+            !types.contains(&PT_INTERP),
+            "{bin} is dynamically linked (it names an ELF interpreter)"
+        );
+    }
+}
+
 /// A walk that never stats (find, os.walk) gets names without attributes
 /// (src/fuse/advice.rs). Its listings must still carry the real inode
 /// numbers and types, and whatever stats those names next, in another

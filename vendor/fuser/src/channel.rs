@@ -52,15 +52,8 @@ impl Channel {
     /// requests of a program walking a tree is woken for each one, which
     /// costs more than the request itself (see FSD-PATCH.md).
     pub(crate) fn poll_for_request(&self, limit: std::time::Duration) {
-        use std::os::fd::AsRawFd;
-        let mut p = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
         let start = std::time::Instant::now();
-        // SAFETY: one valid pollfd, and a zero timeout.
-        while unsafe { libc::poll(&mut p, 1, 0) } == 0 && start.elapsed() < limit {
+        while !self.pending() && start.elapsed() < limit {
             std::hint::spin_loop();
         }
     }

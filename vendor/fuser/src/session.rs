@@ -567,9 +567,10 @@ struct Workers<FS: Filesystem> {
 
 impl<FS: Filesystem> Workers<FS> {
     /// The pool thread: starts a worker whenever one is asked for and the
-    /// pool may grow, until the first worker has ended and every other one
-    /// with it (they all end when the mount goes away). Returns the first
-    /// error a worker it started ended with.
+    /// pool may grow, and once the pool is full, checks that parked
+    /// workers are not needed (see `check`), until the first worker has
+    /// ended and every other one with it (they all end when the mount goes
+    /// away). Returns the first error a worker it started ended with.
     fn grow(self, inbox: mpsc::Receiver<PoolEvent>) -> io::Result<()> {
         let mut threads = Vec::new();
         let mut reply: io::Result<()> = Ok(());
@@ -589,13 +590,7 @@ impl<FS: Filesystem> Workers<FS> {
                 },
             };
             let Some(event) = event else {
-                // A check is due: see `Pool::check`.
-                check_at = self.pool.check(&self.ch, &mut quiet, || {
-                    self.filesystem
-                        .fs
-                        .as_ref()
-                        .is_some_and(|f| f.may_add_worker())
-                });
+                check_at = self.check(&mut quiet);
                 continue;
             };
             match event {
@@ -609,11 +604,7 @@ impl<FS: Filesystem> Workers<FS> {
                     if stopping
                         || self.pool.idle.load(Ordering::Acquire) > 0
                         || self.pool.started.load(Ordering::Acquire) >= self.pool.max
-                        || !self
-                            .filesystem
-                            .fs
-                            .as_ref()
-                            .is_some_and(|f| f.may_add_worker())
+                        || !self.may_add_worker()
                     {
                         continue;
                     }
@@ -650,6 +641,39 @@ impl<FS: Filesystem> Workers<FS> {
             }
         }
         reply
+    }
+
+    /// Whether the filesystem lets the pool add a worker now.
+    fn may_add_worker(&self) -> bool {
+        self.filesystem
+            .fs
+            .as_ref()
+            .is_some_and(|f| f.may_add_worker())
+    }
+
+    /// A check scheduled after [`PoolEvent::Check`]: if every worker is
+    /// still busy and requests wait, the parked workers go back to reading
+    /// (a worker that blocks for long must never leave requests unread
+    /// while others are parked); checks repeat while every worker stays
+    /// busy, and once two in a row find one idle, the next Check is armed
+    /// again. Returns when to check next, if at all.
+    fn check(&self, quiet: &mut bool) -> Option<Instant> {
+        let pool = &self.pool;
+        let now = Instant::now();
+        if pool.idle.load(Ordering::Acquire) > 0 {
+            if *quiet {
+                pool.armed.store(true, Ordering::Release);
+                return None;
+            }
+            *quiet = true;
+            return Some(now + COOLDOWN);
+        }
+        *quiet = false;
+        if pool.parked.load(Ordering::Acquire) > 0 && self.ch.pending() && self.may_add_worker() {
+            pool.release_parked();
+            return Some(now + GRACE);
+        }
+        Some(now + COOLDOWN)
     }
 
     /// Starts worker `i` on a channel of its own (or the shared one).
@@ -729,8 +753,9 @@ impl Pool {
         let _ = self.events.send(e);
     }
 
-    /// A worker took a request: ask for another if none is left idle and
-    /// the pool may grow.
+    /// A worker took a request: if none is left idle, ask for another
+    /// while the pool may grow, or, once it is full, for a check that
+    /// parked workers are not needed (at most once per check cycle).
     fn took(&self) {
         if self.idle.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
@@ -751,30 +776,6 @@ impl Pool {
         }
         ch.poll_for_request(self.poll_after_metadata);
         self.polling.store(false, Ordering::Release);
-    }
-
-    /// A check the pool thread scheduled after [`PoolEvent::Check`]: if
-    /// every worker is still busy and requests wait, the parked workers go
-    /// back to reading (a worker that blocks for long must never leave
-    /// requests unread while others are parked); checks repeat while every
-    /// worker stays busy, and once two in a row find one idle, the next
-    /// Check is armed again. Returns when to check next, if at all.
-    fn check(&self, ch: &Channel, quiet: &mut bool, may_add: impl Fn() -> bool) -> Option<Instant> {
-        let now = Instant::now();
-        if self.idle.load(Ordering::Acquire) > 0 {
-            if *quiet {
-                self.armed.store(true, Ordering::Release);
-                return None;
-            }
-            *quiet = true;
-            return Some(now + COOLDOWN);
-        }
-        *quiet = false;
-        if ch.pending() && may_add() && self.parked.load(Ordering::Acquire) > 0 {
-            self.release_parked();
-            return Some(now + GRACE);
-        }
-        Some(now + COOLDOWN)
     }
 
     /// Parks the calling worker, just done with a request other than READ
