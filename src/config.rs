@@ -21,6 +21,29 @@ pub struct Config {
     pub native: NativeConfig,
     pub tokens: TokenConfig,
     pub log: LogConfig,
+    pub limits: LimitsConfig,
+}
+
+/// What one non-root user may make the daemon spend (issue 17): each key
+/// bounds memory, catalog space or hot-tier space that a caller could
+/// otherwise grow without end. Root is exempt from the per-user counts and
+/// from the volume quota; `xattr_bytes_per_inode` is a filesystem rule and
+/// applies to everyone. 0 means "no limit" for every key but that one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub attached_volumes: u64,
+    pub members_per_attach: u64,
+    pub members_per_uid: u64,
+    pub native_volumes: u64,
+    pub native_volume_mb: u64,
+    pub xattr_bytes_per_inode: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Config::embedded().limits
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -97,6 +120,14 @@ impl Config {
             log: LogConfig {
                 level: "info".into(),
             },
+            limits: LimitsConfig {
+                attached_volumes: 64,
+                members_per_attach: 1_000_000,
+                members_per_uid: 2_000_000,
+                native_volumes: 16,
+                native_volume_mb: 1 << 20,
+                xattr_bytes_per_inode: 128 << 10,
+            },
         }
     }
 
@@ -149,6 +180,13 @@ impl Config {
         }
         if self.mount.poll_us > 10_000 {
             return Err("mount.poll_us must be at most 10000".into());
+        }
+        let x = self.limits.xattr_bytes_per_inode;
+        if !(4096..=1 << 30).contains(&x) {
+            return Err("limits.xattr_bytes_per_inode must be between 4096 and 2^30".into());
+        }
+        if self.limits.native_volume_mb > 1 << 32 {
+            return Err("limits.native_volume_mb must be at most 2^32".into());
         }
         Ok(())
     }

@@ -41,6 +41,11 @@ pub enum ErrorKind {
     Protocol,
     /// An offset past the end of the data (ENXIO, from SEEK_DATA/SEEK_HOLE).
     NoSuchOffset,
+    /// A native volume's quota (`limits.native_volume_mb`) would be passed.
+    Quota,
+    /// A per-user limit of `[limits]` (attached or native volumes, archive
+    /// members) would be passed.
+    Limit,
     // Offload-token errors, after ODX's STATUS_* and T10's INVALID TOKEN
     // OPERATION additional sense codes (ASC 0x23).
     TokenUnsupported,
@@ -101,6 +106,8 @@ const TABLE: &[Row] = &[
     Row { kind: ErrorKind::Unavailable,               errno: libc::EIO,          exit: 3 },
     Row { kind: ErrorKind::Protocol,                  errno: libc::EPROTO,       exit: 3 },
     Row { kind: ErrorKind::NoSuchOffset,              errno: libc::ENXIO,        exit: 6 },
+    Row { kind: ErrorKind::Quota,                     errno: libc::EDQUOT,       exit: 9 },
+    Row { kind: ErrorKind::Limit,                     errno: libc::EDQUOT,       exit: 24 },
     Row { kind: ErrorKind::TokenUnsupported,          errno: libc::EOPNOTSUPP,   exit: 10 },
     Row { kind: ErrorKind::TokenInvalid,              errno: libc::EINVAL,       exit: 11 },
     Row { kind: ErrorKind::TokenUnknown,              errno: libc::EINVAL,       exit: 12 },
@@ -196,6 +203,7 @@ impl Error {
             ErrorKind::NoAttr => "no such attribute",
             ErrorKind::Range => "buffer too small",
             ErrorKind::CrossDevice => "cross-volume link or rename",
+            ErrorKind::Quota => "disk quota exceeded",
             _ => "error",
         };
         Error::new(kind, msg)

@@ -35,7 +35,8 @@ Exit codes:
   13  token corrupt (header, CRC)       20  subtoken sequence out of range
   14  token revoked                     21  two different subtokens, one sequence
   15  token expired                     22  token from another provider
-  16  token length invalid              23  token needs more subtokens than allowed";
+  16  token length invalid              23  token needs more subtokens than allowed
+  24  a per-user limit ([limits] in fsd's config) would be passed";
 
 #[derive(Parser)]
 #[command(

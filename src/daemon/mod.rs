@@ -496,6 +496,7 @@ fn load(
         stale: Default::default(),
         reaper: Default::default(),
         direct_io: opts.config.native.direct_io,
+        limits: opts.config.limits.clone(),
     });
     // Keep enough chunk buffers for a full write budget plus the sealer
     // queue, so a long copy reuses memory instead of faulting in fresh

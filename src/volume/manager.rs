@@ -159,6 +159,15 @@ pub struct Manager {
     invalidator: RwLock<Option<Invalidator>>,
     /// Medium identities computed ahead during start-up.
     ids: Arc<Primed>,
+    /// Members indexed per mounted archive volume (slot → count), for the
+    /// per-user member limit.
+    members: Mutex<std::collections::HashMap<u32, u64>>,
+}
+
+/// How many members an attach may index, and which limit says so.
+struct MemberBudget {
+    max: u64,
+    limit: &'static str,
 }
 
 impl Manager {
@@ -179,6 +188,7 @@ impl Manager {
             lock: Mutex::new(()),
             invalidator: RwLock::new(None),
             ids: Arc::new(Primed::closed()),
+            members: Mutex::new(Default::default()),
         }
     }
 
@@ -231,6 +241,7 @@ impl Manager {
         medium: SharedMedium,
     ) -> Result<Arc<Mounted>> {
         let label = rec.medium_path.clone().unwrap_or_else(|| rec.id.clone());
+        self.members.lock().insert(rec.slot, index.stats.members);
         let fs = ArchiveVolume::new(label, index, medium.clone(), self.cache_dir.join(&rec.id))
             .with_hash_cache(self.catalog.clone(), rec.slot);
         let m = Arc::new(Mounted {
@@ -260,6 +271,7 @@ impl Manager {
         meta: &std::fs::Metadata,
         label: &str,
         choice: FormatChoice,
+        budget: &MemberBudget,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<ArchiveIndex> {
         let format = match choice {
@@ -269,13 +281,25 @@ impl Manager {
         };
         let total = medium.size();
         let started = std::time::Instant::now();
-        let idx = archive::build_index(
-            medium,
-            label,
-            format,
-            Self::implicit_meta(meta),
-            &mut |done| progress(done.min(total), total),
-        )?;
+        let (idx, over) = archive::index::with_member_limit(budget.max, || {
+            archive::build_index(
+                medium,
+                label,
+                format,
+                Self::implicit_meta(meta),
+                &mut |done| progress(done.min(total), total),
+            )
+        });
+        if over {
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!(
+                    "{label}: more than {} archive members; {} (nothing was attached)",
+                    budget.max, budget.limit
+                ),
+            ));
+        }
+        let idx = idx?;
         progress(total, total);
         tracing::info!(
             medium = label,
@@ -326,6 +350,7 @@ impl Manager {
         let medium_path = canon.to_string_lossy().into_owned();
 
         let existing = self.catalog.find_by_medium(&medium_path)?;
+        let budget = self.attach_budget(caller, existing.as_ref())?;
         if let Some(mut rec) = existing {
             if rec.kind != "archive" {
                 return Err(Error::new(
@@ -375,7 +400,7 @@ impl Manager {
             let (index, indexed) = match stored {
                 Some(ix) => (ix, false),
                 None => (
-                    Self::index_medium(&medium, &meta, &label, format, progress)?,
+                    Self::index_medium(&medium, &meta, &label, format, &budget, progress)?,
                     true,
                 ),
             };
@@ -411,7 +436,7 @@ impl Manager {
         }
 
         // A new medium.
-        let index = Self::index_medium(&medium, &meta, &label, format, progress)?;
+        let index = Self::index_medium(&medium, &meta, &label, format, &budget, progress)?;
         let name = match name {
             Some(n) => {
                 if self.catalog.name_taken(n, None)? {
@@ -461,6 +486,87 @@ impl Manager {
             already_attached: false,
             indexed: true,
         })
+    }
+
+    /// Applies the per-user attach limits of `[limits]` (root is exempt)
+    /// to an attach by `caller` of a medium whose record is `existing`:
+    /// refuses a new attachment past `attached_volumes`, and says how many
+    /// members indexing may take before it is refused (the lesser of
+    /// `members_per_attach` and what `members_per_uid` leaves). Every
+    /// attach counts on its own, so hard links or bind-mounted paths to
+    /// one archive (separate volumes, since a medium is identified by its
+    /// path) cannot multiply the cost beyond these limits.
+    fn attach_budget(
+        &self,
+        caller: &Caller,
+        existing: Option<&VolumeRecord>,
+    ) -> Result<MemberBudget> {
+        let unlimited = MemberBudget {
+            max: u64::MAX,
+            limit: "",
+        };
+        if caller.uid == 0 {
+            return Ok(unlimited);
+        }
+        let limits = &self.native.limits;
+        let except = existing.map(|r| r.slot);
+        let mine: Vec<VolumeRecord> = self
+            .catalog
+            .volumes()?
+            .into_iter()
+            .filter(|r| {
+                r.kind == "archive"
+                    && r.owner_uid == caller.uid
+                    && r.state == "attached"
+                    && Some(r.slot) != except
+            })
+            .collect();
+        let adds = existing.is_none_or(|r| self.core.by_slot(r.slot).is_none());
+        let max_vols = limits.attached_volumes;
+        if adds && max_vols != 0 && mine.len() as u64 >= max_vols {
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!(
+                    "uid {} has {} archive volumes attached, the most limits.attached_volumes \
+                     allows ({max_vols}); detach one first",
+                    caller.uid,
+                    mine.len()
+                ),
+            ));
+        }
+        let mut budget = unlimited;
+        if limits.members_per_attach != 0 {
+            budget = MemberBudget {
+                max: limits.members_per_attach,
+                limit: "limits.members_per_attach allows no more in one attach",
+            };
+        }
+        if limits.members_per_uid != 0 {
+            let counts = self.members.lock();
+            let used: u64 = mine
+                .iter()
+                .map(|r| counts.get(&r.slot).copied().unwrap_or(r.files))
+                .sum();
+            let left = limits.members_per_uid.saturating_sub(used);
+            if left == 0 {
+                return Err(Error::new(
+                    ErrorKind::Limit,
+                    format!(
+                        "uid {} has {used} archive members indexed in its attached volumes, \
+                         the most limits.members_per_uid allows ({}); detach one first",
+                        caller.uid, limits.members_per_uid
+                    ),
+                ));
+            }
+            if left < budget.max {
+                budget = MemberBudget {
+                    max: left,
+                    limit: "with the members of the other archives uid attached, that passes \
+                            limits.members_per_uid",
+                };
+            }
+        }
+        Ok(budget)
     }
 
     /// The file name of the medium, if it is a valid and unused volume name.
@@ -680,6 +786,13 @@ impl Manager {
             )
         })?;
         let fs = NativeVolume::new(self.native.clone(), rec.slot, root, rec.id.clone());
+        // The quota binds the volumes non-root users create (root's are
+        // exempt, as CAP_SYS_RESOURCE bypasses disk quotas).
+        if rec.owner_uid != 0 {
+            fs.files()
+                .quota
+                .set_limit(self.native.limits.native_volume_mb << 20);
+        }
         let m = Arc::new(Mounted {
             slot: rec.slot,
             info: RwLock::new(Self::info(rec, "attached")),
@@ -706,6 +819,25 @@ impl Manager {
     pub fn create(&self, name: &str, caller: &Caller) -> Result<VolumeInfo> {
         check_name(name)?;
         let _guard = self.lock.lock();
+        let max = self.native.limits.native_volumes;
+        if caller.uid != 0 && max != 0 {
+            let mine = self
+                .catalog
+                .volumes()?
+                .iter()
+                .filter(|r| r.kind == "native" && r.owner_uid == caller.uid)
+                .count() as u64;
+            if mine >= max {
+                return Err(Error::new(
+                    ErrorKind::Limit,
+                    format!(
+                        "uid {} has {mine} native volumes, the most limits.native_volumes \
+                         allows ({max}); destroy one first",
+                        caller.uid
+                    ),
+                ));
+            }
+        }
         if self.catalog.name_taken(name, None)? {
             return Err(Error::new(
                 ErrorKind::Exists,
@@ -889,7 +1021,18 @@ impl Manager {
                     Some("tar") => FormatChoice::Tar,
                     _ => FormatChoice::Auto,
                 };
-                let ix = Self::index_medium(&medium, &meta, &label, choice, &mut |_, _| {})?;
+                // Indexed again for its owner: the per-attach limit holds.
+                let per_attach = self.native.limits.members_per_attach;
+                let budget = MemberBudget {
+                    max: if rec.owner_uid == 0 || per_attach == 0 {
+                        u64::MAX
+                    } else {
+                        per_attach
+                    },
+                    limit: "limits.members_per_attach allows no more in one attach",
+                };
+                let ix =
+                    Self::index_medium(&medium, &meta, &label, choice, &budget, &mut |_, _| {})?;
                 rec.medium_size = Some(id.size);
                 rec.medium_mtime_ns = Some(id.mtime_ns);
                 rec.medium_sample = Some(id.sample);

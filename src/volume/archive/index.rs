@@ -38,6 +38,27 @@ pub const ROOT: u32 = 0;
 /// must not be able to exhaust it; real archives stay far below this.
 pub const MAX_NODES: usize = 20_000_000;
 
+thread_local! {
+    /// The member limit of the index being built on this thread (see
+    /// [`with_member_limit`]), and whether it was passed.
+    static MEMBER_LIMIT: std::cell::Cell<(u64, bool)> = const { std::cell::Cell::new((u64::MAX, false)) };
+}
+
+/// Runs `f` (an index build on this thread) with at most `limit` members
+/// allowed: a builder created inside stops taking members once the count
+/// passes it, and the parsers stop reading, so refusing an archive that is
+/// too large costs no more memory than the limit. Returns `f`'s result and
+/// whether the limit was passed (the index is then incomplete and must
+/// not be used). A thread-local rather than a parameter so the per-user
+/// member limit (`limits.members_per_attach`) needs no change to every
+/// parser's signature.
+pub fn with_member_limit<T>(limit: u64, f: impl FnOnce() -> T) -> (T, bool) {
+    let saved = MEMBER_LIMIT.replace((limit, false));
+    let out = f();
+    let (_, hit) = MEMBER_LIMIT.replace(saved);
+    (out, hit)
+}
+
 /// Random-access reads from a medium. `File` gets it through `pread`, byte
 /// slices get it for unit tests and fuzzing.
 pub trait ReadAt: Sync {
@@ -383,6 +404,10 @@ pub struct IndexBuilder {
     stats: IndexStats,
     /// How many warnings to keep for `tokenctl status`.
     max_warnings: usize,
+    /// Members allowed (see [`with_member_limit`]).
+    member_limit: u64,
+    /// Set once `member_limit` is passed; no member is added after that.
+    limited: bool,
 }
 
 impl IndexBuilder {
@@ -410,6 +435,8 @@ impl IndexBuilder {
             implicit,
             stats: IndexStats::default(),
             max_warnings: 100,
+            member_limit: MEMBER_LIMIT.get().0,
+            limited: false,
         }
     }
 
@@ -424,6 +451,7 @@ impl IndexBuilder {
     pub fn skip(&mut self, name: &[u8], why: &str) {
         self.stats.members += 1;
         self.stats.skipped += 1;
+        self.full();
         self.warn(format!("{}: skipped: {why}", String::from_utf8_lossy(name)));
     }
 
@@ -432,12 +460,23 @@ impl IndexBuilder {
         self.format = format.to_string();
     }
 
-    /// True once the entry limit is reached; later members are dropped.
+    /// True once the entry limit or the member limit is reached; later
+    /// members are dropped.
     fn full(&mut self) -> bool {
         if self.nodes.len() >= MAX_NODES {
             self.stats.over_limit = true;
         }
-        self.stats.over_limit
+        if !self.limited && self.stats.members > self.member_limit {
+            self.limited = true;
+            MEMBER_LIMIT.set((self.member_limit, true));
+        }
+        self.stats.over_limit || self.limited
+    }
+
+    /// True once the member limit (see [`with_member_limit`]) is passed:
+    /// the parser may stop, the index will not be used.
+    pub fn stopped(&self) -> bool {
+        self.limited
     }
 
     fn new_node(&mut self, m: Member) -> u32 {

@@ -893,6 +893,9 @@ impl Walker<'_> {
                 progress(off);
                 next_report = off.saturating_add(PROGRESS_STEP);
             }
+            if self.builder.stopped() {
+                break off; // past the member limit: the index is refused
+            }
             match self.step(off)? {
                 // Every step consumes at least one block, so the walk ends.
                 Step::Next(next) if next > off => off = next,

@@ -154,6 +154,9 @@ fn index_members(
         })?;
         *at = entry.central_header_start();
         ix.member(&entry)?;
+        if ix.builder.stopped() {
+            break; // past the member limit: the index is refused
+        }
         if (i + 1) % PROGRESS_EVERY == 0 {
             reached = reached.max(*at);
             progress(reached);

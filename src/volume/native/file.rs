@@ -32,6 +32,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::meta::{self, Ext};
 use super::patch::{self, Patch};
+use super::quota::Quota;
 use super::sealer::{Budget, Sealer};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::Shared;
@@ -61,6 +62,8 @@ pub struct Env {
     pub reaper: Arc<Reaper>,
     /// Open native files with direct I/O (`native.direct_io`).
     pub direct_io: bool,
+    /// The `[limits]` of the configuration (per-user limits, quotas).
+    pub limits: crate::config::LimitsConfig,
 }
 
 /// Tells the offload engine about changes to files that change-vulnerable
@@ -127,8 +130,15 @@ pub struct State {
 
 impl State {
     /// Makes a freshly sealed chunk (or a hole, for `None`) the content of
-    /// chunk `idx`, to be committed with the file.
-    fn install(&mut self, idx: u64, chunk: Option<(Pin, u32)>) {
+    /// chunk `idx`, to be committed with the file. Returns the pin of the
+    /// chunk it supersedes, if that one was sealed since the last commit
+    /// (see [`State::supersede`]); the caller releases it.
+    #[must_use]
+    fn install(&mut self, idx: u64, chunk: Option<(Pin, u32)>) -> Option<Pin> {
+        let old = match &chunk {
+            Some((pin, _)) if self.extents.get(&idx).map(|e| &e.hash) == Some(pin.hash()) => None,
+            _ => self.supersede(idx),
+        };
         match chunk {
             Some((pin, len)) => {
                 self.extents.insert(
@@ -145,6 +155,31 @@ impl State {
             }
         }
         self.changed.insert(idx);
+        old
+    }
+
+    /// Takes back the pin of chunk `idx`'s current extent when that extent
+    /// was sealed since the last commit and is about to be replaced.
+    ///
+    /// Such a chunk is referenced by nothing durable: the catalog still
+    /// holds the committed extent, and a crash returns the file to it. So
+    /// it can go as soon as it is superseded rather than at the next
+    /// commit; otherwise a file rewritten over and over while it stays
+    /// open (no close, no fsync) keeps every version it ever sealed, and
+    /// the hot tier grows without bound. With this, an open file holds at
+    /// most its committed chunks plus one sealed version of each chunk
+    /// index (plus write buffers), whatever it rewrites. The crash
+    /// semantics are unchanged: committed chunks are never touched here,
+    /// and the chunk file is removed only if no catalog row references it
+    /// and nobody pins it (another extent of this file with the same
+    /// content, a reader, a token), see [`discard_one`].
+    fn supersede(&mut self, idx: u64) -> Option<Pin> {
+        if !self.changed.contains(&idx) {
+            return None;
+        }
+        let old = self.extents.get(&idx)?.hash;
+        let at = self.pins.iter().rposition(|p| *p.hash() == old)?;
+        Some(self.pins.swap_remove(at))
     }
 
     pub fn is_clean(&self) -> bool {
@@ -270,7 +305,9 @@ fn sealed(
 ) {
     match result {
         Ok(chunk) => {
-            st.install(idx, chunk);
+            if let Some(old) = st.install(idx, chunk) {
+                release_superseded(env, old);
+            }
             env.budget.sub(LEAF64);
         }
         Err(e) => {
@@ -298,6 +335,8 @@ pub struct Files {
     pub slot: u32,
     /// Names the volume in log lines.
     pub volume: String,
+    /// The volume's byte quota (inactive unless a non-root user made it).
+    pub quota: Quota,
 }
 
 impl Files {
@@ -547,6 +586,7 @@ impl Files {
             if let Some(e) = st.error.take() {
                 return Err(e);
             }
+            self.reserve(node, &st, end)?;
             let mut pos = off;
             while pos < end {
                 let idx = pos / LEAF64;
@@ -611,7 +651,7 @@ impl Files {
                 }
                 pos += n as u64;
             }
-            Self::grown(&mut st, end);
+            self.grown(&mut st, end);
         }
         self.env.watch.changed(node.ino, off, data.len() as u64);
         self.relieve(node);
@@ -633,6 +673,7 @@ impl Files {
         let idx = off / LEAF64;
         {
             let mut st = Self::lock_settled(node, idx)?;
+            self.reserve(node, &st, end)?;
             // Whatever was pending for this chunk is replaced whole.
             if st.dirty.remove(&idx).is_some() {
                 self.env.budget.sub(LEAF64);
@@ -642,7 +683,7 @@ impl Files {
             }
             self.env.budget.add(LEAF64);
             self.submit(node, &mut st, idx, data);
-            Self::grown(&mut st, end);
+            self.grown(&mut st, end);
         }
         self.env.watch.changed(node.ino, off, LEAF64);
         self.relieve(node);
@@ -662,9 +703,34 @@ impl Files {
         Ok(st)
     }
 
+    /// Checks that growing the file to `end` bytes stays within the
+    /// volume's quota, and counts the growth (see [`super::quota`]). Called
+    /// before anything of the write is buffered, so a refused write leaves
+    /// the file as it was.
+    fn reserve(&self, node: &Inode, st: &State, end: u64) -> Result<()> {
+        if !self.quota.active() || end <= st.size {
+            return Ok(());
+        }
+        self.quota
+            .grow(|| self.env.catalog.conn(), self.slot, end - st.size, || {
+                format!("volume {}: inode {}", self.volume, node.ino)
+            })
+    }
+
+    /// Sets the live (uncommitted) size, keeping the quota's count; growth
+    /// must have been reserved.
+    fn set_size(&self, st: &mut State, size: u64) {
+        if self.quota.active() {
+            self.quota.pending(size as i64 - st.size as i64);
+            self.quota.shrink(st.size.saturating_sub(size));
+        }
+        st.size = size;
+    }
+
     /// Records a write that ended at `end`: size and times.
-    fn grown(st: &mut State, end: u64) {
-        st.size = st.size.max(end);
+    fn grown(&self, st: &mut State, end: u64) {
+        let size = st.size.max(end);
+        self.set_size(st, size);
         let t = now();
         st.mtime = t;
         st.ctime = t;
@@ -707,7 +773,8 @@ impl Files {
         st.dirty.clear();
         st.patches.clear();
         st.changed.clear();
-        st.size = st.committed_size;
+        let committed = st.committed_size;
+        self.set_size(st, committed);
         st.times_dirty = false;
         let pins = std::mem::take(&mut st.pins);
         self.discard(pins);
@@ -730,7 +797,9 @@ impl Files {
     fn reseal(&self, st: &mut State, idx: u64, f: impl FnOnce(&mut ChunkBuf)) -> Result<()> {
         let mut data = self.load_chunk(st, idx)?;
         f(&mut data);
-        st.install(idx, seal_data(self.store(), &data)?);
+        if let Some(old) = st.install(idx, seal_data(self.store(), &data)?) {
+            release_superseded(&self.env, old);
+        }
         Ok(())
     }
 
@@ -803,6 +872,8 @@ impl Files {
             .into_iter()
             .partition(|p| committed.contains(p.hash()));
         st.changed.clear();
+        self.quota
+            .pending(st.committed_size as i64 - st.size as i64);
         st.committed_size = st.size;
         st.times_dirty = false;
         drop(keep);
@@ -828,12 +899,13 @@ impl Files {
             self.rollback(node, &mut st)?;
             return Err(e);
         }
+        self.reserve(node, &st, size)?;
         let (lo, hi) = (st.size.min(size), st.size.max(size));
         if size < st.size {
             // Shrinking changes the bytes past the new end.
             self.env.watch.changed(node.ino, lo, hi - lo);
         }
-        st.size = size;
+        self.set_size(&mut st, size);
         let t = now();
         st.mtime = t;
         st.ctime = t;
@@ -867,6 +939,9 @@ impl Files {
             self.rollback(node, &mut st)?;
             return Err(e);
         }
+        if mode & KEEP == 0 {
+            self.reserve(node, &st, end)?;
+        }
         if zeroing {
             self.env.watch.changed(node.ino, off, len);
             let zend = end.min(st.size);
@@ -892,7 +967,7 @@ impl Files {
             }
         }
         if mode & KEEP == 0 && end > st.size {
-            st.size = end;
+            self.set_size(&mut st, end);
         }
         let t = now();
         // Linux filesystems stamp both times on every successful fallocate.
@@ -989,11 +1064,17 @@ impl Files {
                 "a short chunk can only be shared at the end of the file",
             ));
         }
+        self.reserve(node, &st, off + len)?;
         if st.dirty.remove(&idx).is_some() {
             self.env.budget.sub(LEAF64);
         }
         if let Some(p) = st.patches.remove(&idx) {
             self.env.budget.sub(p.bytes());
+        }
+        if ext.hash.as_ref() != st.extents.get(&idx).map(|e| &e.hash)
+            && let Some(old) = st.supersede(idx)
+        {
+            release_superseded(&self.env, old);
         }
         match ext.hash {
             Some(hash) => {
@@ -1009,7 +1090,8 @@ impl Files {
             }
         }
         st.changed.insert(idx);
-        st.size = st.size.max(off + len);
+        let size = st.size.max(off + len);
+        self.set_size(&mut st, size);
         let t = now();
         st.mtime = t;
         st.ctime = t;
@@ -1029,6 +1111,10 @@ impl Files {
         self.env.budget.sub(st.buffered());
         st.dirty.clear();
         st.patches.clear();
+        // The inode and its size leave the volume with this.
+        self.quota
+            .pending(st.committed_size as i64 - st.size as i64);
+        self.quota.shrink(st.size);
         let pins = std::mem::take(&mut st.pins);
         drop(st);
         self.discard(pins);
@@ -1049,6 +1135,18 @@ pub(super) fn discard_one(env: &Env, h: Hash) {
         // Start-up's orphan check removes a file left here.
         Err(e) => tracing::warn!("discarding chunk {}: {e}", crate::store::chunks::hex(&h)),
     }
+}
+
+/// Lets go of a sealed, never committed chunk that a newer seal of the same
+/// chunk index replaced (see [`State::supersede`]). Its removal is left to
+/// the reaper thread, which is woken at once: the sealer and the writer
+/// holding the file's state lock do not wait for the catalog query and the
+/// unlink, and a chunk some reader still pins is retried later.
+fn release_superseded(env: &Env, pin: Pin) {
+    let h = *pin.hash();
+    drop(pin);
+    env.stale.lock().insert(h);
+    collect_soon(env);
 }
 
 /// Chunks removed per catalog transaction by [`collect`].

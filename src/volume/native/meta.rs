@@ -379,14 +379,32 @@ pub fn orphans(c: &Connection, slot: u32) -> Result<Vec<i64>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// Number of regular files and their total size in `slot`.
+/// Number of regular files in `slot`, and the bytes the volume uses: their
+/// total size plus the names and values of every xattr (what the quota
+/// counts, see `quota.rs`).
 pub fn usage(c: &Connection, slot: u32) -> Result<(u64, u64)> {
     let (n, bytes): (i64, i64) = c
         .prepare_cached(
             "SELECT count(*), COALESCE(SUM(size), 0) FROM inodes WHERE slot = ?1 AND (mode & 61440) = 32768",
         )?
         .query_row([slot], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok((n as u64, bytes as u64))
+    let xattrs: i64 = c
+        .prepare_cached(
+            "SELECT COALESCE(SUM(length(x.name) + length(x.value)), 0) FROM xattrs x \
+             JOIN inodes i ON i.ino = x.ino WHERE i.slot = ?1",
+        )?
+        .query_row([slot], |r| r.get(0))?;
+    Ok((n as u64, (bytes + xattrs) as u64))
+}
+
+/// Bytes of xattrs (names plus values) of inode `ino`.
+pub fn xattr_bytes(c: &Connection, ino: i64) -> Result<u64> {
+    let n: i64 = c
+        .prepare_cached(
+            "SELECT COALESCE(SUM(length(name) + length(value)), 0) FROM xattrs WHERE ino = ?1",
+        )?
+        .query_row([ino], |r| r.get(0))?;
+    Ok(n as u64)
 }
 
 /// Deletes every inode of a volume and what hangs off them.

@@ -15,6 +15,7 @@ pub mod file;
 pub mod fsck;
 pub mod meta;
 pub mod patch;
+pub mod quota;
 pub mod sealer;
 
 use std::collections::HashMap;
@@ -123,6 +124,46 @@ impl Inner {
                 row.attr(self.local_of(row.ino), stored)
             }
         }
+    }
+
+    /// Checks that setting xattr `name` to `value` on `row` (replacing one
+    /// of `old` bytes) keeps the inode within `limits.xattr_bytes_per_inode`
+    /// (ENOSPC past it, as ext4 when the inode's xattr space is full) and
+    /// the volume within its quota (EDQUOT), and counts the growth. Xattrs
+    /// are stored in the catalog, so without this one file could hold any
+    /// number of them outside every account.
+    fn xattr_room(
+        &self,
+        c: &rusqlite::Connection,
+        row: i64,
+        old: u64,
+        name: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
+        let new = (name.len() + value.len()) as u64;
+        let limit = self.env().limits.xattr_bytes_per_inode;
+        let total = meta::xattr_bytes(c, row)?.saturating_sub(old) + new;
+        if total > limit {
+            return Err(Error::new(
+                ErrorKind::NoSpace,
+                format!(
+                    "volume {}: inode {row}: xattrs would take {total} bytes, more than \
+                     limits.xattr_bytes_per_inode ({limit})",
+                    self.files.volume
+                ),
+            ));
+        }
+        if new > old {
+            self.files.quota.grow(
+                || c,
+                self.slot(),
+                new - old,
+                || format!("volume {}: inode {row}: xattr", self.files.volume),
+            )?;
+        } else {
+            self.files.quota.shrink(old - new);
+        }
+        Ok(())
     }
 
     /// The open state of `row`, loading it if needed; counts one user.
@@ -387,6 +428,7 @@ impl NativeVolume {
                     env,
                     slot,
                     volume: id,
+                    quota: Default::default(),
                 },
                 root,
                 open: Mutex::new(HashMap::new()),
@@ -943,13 +985,15 @@ impl VolumeFs for NativeVolume {
         let mut conn = self.inner.env().catalog.conn();
         let tx = conn.transaction()?;
         let mut row = self.inner.get(&tx, r)?;
-        let exists = meta::xattr(&tx, r, name)?.is_some();
+        let old = meta::xattr(&tx, r, name)?.map(|v| (name.len() + v.len()) as u64);
+        let exists = old.is_some();
         if flags & libc::XATTR_CREATE != 0 && exists {
             return err(ErrorKind::Exists);
         }
         if flags & libc::XATTR_REPLACE != 0 && !exists {
             return err(ErrorKind::NoAttr);
         }
+        self.inner.xattr_room(&tx, r, old.unwrap_or(0), name, value)?;
         meta::set_xattr(&tx, r, name, value)?;
         row.ctime = now();
         meta::update(&tx, &row)?;
@@ -965,9 +1009,11 @@ impl VolumeFs for NativeVolume {
         let mut conn = self.inner.env().catalog.conn();
         let tx = conn.transaction()?;
         let mut row = self.inner.get(&tx, r)?;
+        let old = meta::xattr(&tx, r, name)?.map_or(0, |v| (name.len() + v.len()) as u64);
         if !meta::remove_xattr(&tx, r, name)? {
             return err(ErrorKind::NoAttr);
         }
+        self.inner.files.quota.shrink(old);
         row.ctime = now();
         meta::update(&tx, &row)?;
         tx.commit()?;
