@@ -711,10 +711,12 @@ impl Files {
         if !self.quota.active() || end <= st.size {
             return Ok(());
         }
-        self.quota
-            .grow(|| self.env.catalog.conn(), self.slot, end - st.size, || {
-                format!("volume {}: inode {}", self.volume, node.ino)
-            })
+        self.quota.grow(
+            || self.env.catalog.conn(),
+            self.slot,
+            end - st.size,
+            || format!("volume {}: inode {}", self.volume, node.ino),
+        )
     }
 
     /// Sets the live (uncommitted) size, keeping the quota's count; growth

@@ -993,7 +993,8 @@ impl VolumeFs for NativeVolume {
         if flags & libc::XATTR_REPLACE != 0 && !exists {
             return err(ErrorKind::NoAttr);
         }
-        self.inner.xattr_room(&tx, r, old.unwrap_or(0), name, value)?;
+        self.inner
+            .xattr_room(&tx, r, old.unwrap_or(0), name, value)?;
         meta::set_xattr(&tx, r, name, value)?;
         row.ctime = now();
         meta::update(&tx, &row)?;
