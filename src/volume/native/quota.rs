@@ -81,13 +81,23 @@ impl Quota {
         if limit == 0 || bytes == 0 {
             return Ok(());
         }
+        {
+            let mut used = self.used.lock();
+            if let Some(u) = *used
+                && u.saturating_add(bytes) <= limit
+            {
+                *used = Some(u + bytes);
+                return Ok(());
+            }
+        }
+        // Unknown, or apparently over: count exactly (deletions since the
+        // last count may have freed enough). Not under `used`: the caller
+        // of setxattr holds the catalog connection and then takes `used`,
+        // so taking the connection under `used` could deadlock. A growth
+        // reserved by another writer meanwhile is in `pending` once its
+        // write lands, so the next exact count sees it.
+        let now = self.exact(&conn(), slot)?;
         let mut used = self.used.lock();
-        let now = match *used {
-            Some(u) if u.saturating_add(bytes) <= limit => u,
-            // Unknown, or apparently over: count exactly (deletions since
-            // the last count may have freed enough).
-            _ => self.exact(&conn(), slot)?,
-        };
         if now.saturating_add(bytes) > limit {
             *used = Some(now);
             return Err(Error::new(
