@@ -255,5 +255,13 @@ mod tests {
             0
         );
         assert!(Config::from_overlay("[mount\n").is_err());
+        assert!(
+            Config::from_overlay("[limits]\nxattr_bytes_per_inode = 100\n")
+                .unwrap_err()
+                .contains("xattr_bytes_per_inode")
+        );
+        let c = Config::from_overlay("[limits]\nnative_volumes = 0\n").unwrap();
+        assert_eq!(c.limits.native_volumes, 0, "0 turns a limit off");
+        assert_eq!(c.limits.attached_volumes, 64);
     }
 }

@@ -547,22 +547,14 @@ impl Manager {
                 .iter()
                 .map(|r| counts.get(&r.slot).copied().unwrap_or(r.files))
                 .sum();
+            // 0 left refuses the first member, so re-attaching a volume
+            // that needs no indexing still works at the limit.
             let left = limits.members_per_uid.saturating_sub(used);
-            if left == 0 {
-                return Err(Error::new(
-                    ErrorKind::Limit,
-                    format!(
-                        "uid {} has {used} archive members indexed in its attached volumes, \
-                         the most limits.members_per_uid allows ({}); detach one first",
-                        caller.uid, limits.members_per_uid
-                    ),
-                ));
-            }
             if left < budget.max {
                 budget = MemberBudget {
                     max: left,
-                    limit: "with the members of the other archives uid attached, that passes \
-                            limits.members_per_uid",
+                    limit: "with the members of the other archives this uid attached, that \
+                            passes limits.members_per_uid",
                 };
             }
         }

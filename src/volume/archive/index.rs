@@ -782,6 +782,40 @@ impl IndexBuilder {
 mod tests {
     use super::*;
 
+    #[test]
+    fn member_limit_stops_the_builder_and_is_reported() {
+        let meta = Meta {
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+        };
+        let build = |n: usize| {
+            let mut b = IndexBuilder::new("tar", meta.clone());
+            for i in 0..n {
+                if b.stopped() {
+                    break;
+                }
+                b.add(
+                    format!("f{i}").as_bytes(),
+                    Member::new(NodeKind::File, meta.clone()),
+                );
+            }
+            b.finish()
+        };
+        let (ix, hit) = with_member_limit(10, || build(10));
+        assert!(!hit, "exactly the limit is allowed");
+        assert_eq!(ix.stats.files, 10);
+        let (ix, hit) = with_member_limit(10, || build(1000));
+        assert!(hit);
+        assert_eq!(ix.stats.members, 11, "stopped at the first member past it");
+        // The limit is gone afterwards.
+        let (ix, hit) = with_member_limit(u64::MAX, || build(100));
+        assert!(!hit);
+        assert_eq!(ix.stats.files, 100);
+    }
+
     fn meta(perm: u16) -> Meta {
         Meta {
             perm,
