@@ -376,6 +376,22 @@ os.close(fd)
     let st = d.json(&["status", &id]);
     assert!(st["size"].as_u64().unwrap() <= 4 << 20, "{st}");
 
+    // An offload copy into the full volume is refused the same way (exit
+    // 9, code `quota`), and the destination keeps nothing of it.
+    let o = tokenctl_nobody(
+        &d,
+        &[
+            "copy",
+            v.join("g").to_str().unwrap(),
+            v.join("g2").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(9), "{o:?}");
+    assert!(stderr(&o).contains("quota"), "{o:?}");
+    assert!(std::fs::metadata(v.join("g2")).map_or(0, |m| m.len()) <= MIB);
+    let st = d.json(&["status", &id]);
+    assert!(st["size"].as_u64().unwrap() <= 4 << 20, "{st}");
+
     // Root's volume has no quota.
     let rid = d.ok(&["create", "rootvol"]).trim().to_string();
     let big = pattern(3, 6 << 20);
