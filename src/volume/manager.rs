@@ -778,8 +778,9 @@ impl Manager {
             )
         })?;
         let fs = NativeVolume::new(self.native.clone(), rec.slot, root, rec.id.clone());
-        // The quota binds the volumes non-root users create (root's are
-        // exempt, as CAP_SYS_RESOURCE bypasses disk quotas).
+        // The quota binds the volumes non-root users create; root's have
+        // none. It belongs to the volume, so it binds every writer of it
+        // (the data path does not know the writer's uid).
         if rec.owner_uid != 0 {
             fs.files()
                 .quota
