@@ -300,6 +300,8 @@ out.append(code(os.pwrite, fd, b"x" * 10, 4 * MIB - 5))
 out.append(code(os.ftruncate, fd, 4 * MIB + 1))
 out.append(code(os.posix_fallocate, fd, 0, 5 * MIB))
 os.close(fd)
+with open(v + "/f", "rb") as f:
+    out.append("same" if f.read() == data + b"\x07" * MIB else "changed")
 # copy_file_range into a new file (cp does this).
 src = os.open(v + "/f", os.O_RDONLY)
 dst = os.open(v + "/copy", os.O_WRONLY | os.O_CREAT, 0o644)
@@ -329,7 +331,7 @@ print(" ".join(out))
     assert!(o.status.success(), "{o:?}");
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
-        "ok EDQUOT EDQUOT EDQUOT EDQUOT ok ok ok ENOSPC ok ENOSPC"
+        "ok EDQUOT EDQUOT EDQUOT same EDQUOT ok ok ok ENOSPC ok ENOSPC"
     );
     // The refused copy left the destination empty, the refused writes left
     // nothing, and the xattr counts in the volume's usage.
