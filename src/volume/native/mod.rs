@@ -19,7 +19,7 @@ pub mod sealer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -27,6 +27,7 @@ use self::file::{Env, Files, Inode};
 use self::meta::Row;
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::{DirEntry, OpenFile, Shared, VOLUME_ROOT, VolumeFs};
+use crate::fs::perm;
 use crate::fs::types::{
     Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, StatFs, TimeSet, Timespec,
 };
@@ -64,6 +65,10 @@ struct Inner {
     /// Directories with open descriptors (row → count). A removed one keeps
     /// its row, with no links, until the last descriptor is closed.
     open_dirs: Mutex<HashMap<i64, u32>>,
+    /// Bumped after every setattr that leaves a setuid or setgid bit, so an
+    /// open file re-reads its mode before the next write that must drop
+    /// them (see [`NativeFile::kill_privs`]) and otherwise skips the catalog.
+    privs_gen: AtomicU64,
 }
 
 /// A native volume.
@@ -262,6 +267,34 @@ impl Inner {
         Ok(())
     }
 
+    /// Drops the setuid and setgid bits of `row` as a write or `O_TRUNC`
+    /// open by `ctx` does on ext4 ([`perm::mode_without_privs`]); root
+    /// (CAP_FSETID) keeps them.
+    fn drop_privs(&self, row: i64, ctx: &Ctx) -> Result<()> {
+        if ctx.uid == 0 {
+            return Ok(());
+        }
+        let mut conn = self.env().catalog.conn();
+        let tx = conn.transaction()?;
+        let mut r = self.get(&tx, row)?;
+        if r.is_dir() || r.mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+            return Ok(());
+        }
+        let mode = perm::mode_without_privs(r.mode, || {
+            perm::caller_in_group(ctx.uid, ctx.gid, ctx.pid, r.gid)
+        });
+        if mode != r.mode {
+            r.mode = mode;
+            r.ctime = now();
+            meta::update(&tx, &r)?;
+            tx.commit()?;
+            if let Some(node) = self.open.lock().get(&row).cloned() {
+                node.st.lock().ctime = r.ctime;
+            }
+        }
+        Ok(())
+    }
+
     fn is_ancestor(&self, c: &rusqlite::Connection, anc: i64, mut dir: i64) -> Result<bool> {
         for _ in 0..100_000 {
             if dir == anc {
@@ -285,6 +318,9 @@ pub struct NativeFile {
     node: Arc<Inode>,
     local: u64,
     writable: bool,
+    /// The volume's `privs_gen` when this descriptor last made sure the
+    /// file has no setuid/setgid bit a write must drop; `u64::MAX` before.
+    privs_seen: AtomicU64,
 }
 
 impl OpenFile for NativeFile {
@@ -365,6 +401,19 @@ impl OpenFile for NativeFile {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+
+    /// A write by a caller without CAP_FSETID (FUSE_WRITE_KILL_SUIDGID):
+    /// drops setuid/setgid as ext4 does. After one check the catalog is
+    /// read again only once a setattr may have set a bit anew.
+    fn kill_privs(&self, ctx: &Ctx) -> Result<()> {
+        let g = self.vol.privs_gen.load(Ordering::Acquire);
+        if self.privs_seen.load(Ordering::Acquire) == g {
+            return Ok(());
+        }
+        self.vol.drop_privs(self.node.ino, ctx)?;
+        self.privs_seen.store(g, Ordering::Release);
+        Ok(())
+    }
 }
 
 impl NativeFile {
@@ -391,6 +440,7 @@ impl NativeVolume {
                 root,
                 open: Mutex::new(HashMap::new()),
                 open_dirs: Mutex::new(HashMap::new()),
+                privs_gen: AtomicU64::new(0),
             }),
         }
     }
@@ -427,7 +477,12 @@ impl NativeVolume {
         &self.inner.files
     }
 
-    fn open_file(&self, row: i64, flags: OpenFlags) -> Result<Arc<dyn OpenFile>> {
+    fn open_file(&self, row: i64, flags: OpenFlags, ctx: &Ctx) -> Result<Arc<dyn OpenFile>> {
+        // An O_TRUNC open drops setuid/setgid as a truncate does; FUSE's
+        // atomic O_TRUNC leaves that to the filesystem.
+        if flags.truncate() {
+            self.inner.drop_privs(row, ctx)?;
+        }
         let node = self.inner.acquire(row)?;
         // O_TRUNC truncates even with O_RDONLY, as on Linux's own
         // filesystems (the kernel has checked write permission).
@@ -442,6 +497,7 @@ impl NativeVolume {
             local: self.inner.local_of(row),
             node,
             writable: flags.writable(),
+            privs_seen: AtomicU64::new(u64::MAX),
         }))
     }
 }
@@ -570,7 +626,7 @@ impl VolumeFs for NativeVolume {
         }
     }
 
-    fn open(&self, ino: u64, flags: OpenFlags, _ctx: &Ctx) -> Result<Arc<dyn OpenFile>> {
+    fn open(&self, ino: u64, flags: OpenFlags, ctx: &Ctx) -> Result<Arc<dyn OpenFile>> {
         let r = self.inner.row_of(ino);
         let row = self.inner.get(&self.inner.env().catalog.conn(), r)?;
         match row.kind() {
@@ -578,7 +634,7 @@ impl VolumeFs for NativeVolume {
             FileKind::File => {}
             _ => return err(ErrorKind::Unsupported),
         }
-        self.open_file(r, flags)
+        self.open_file(r, flags, ctx)
     }
 
     fn create(
@@ -592,7 +648,7 @@ impl VolumeFs for NativeVolume {
     ) -> Result<(Attr, Arc<dyn OpenFile>)> {
         let mode = libc::S_IFREG | (mode & 0o7777 & !umask);
         let row = self.inner.make(parent, name, mode, 0, None, ctx)?;
-        let f = self.open_file(row.ino, flags)?;
+        let f = self.open_file(row.ino, flags, ctx)?;
         Ok((self.inner.attr(&row, Some(0)), f))
     }
 
@@ -833,7 +889,7 @@ impl VolumeFs for NativeVolume {
         ino: u64,
         set: &SetAttr,
         _fh: Option<&dyn OpenFile>,
-        _ctx: &Ctx,
+        ctx: &Ctx,
     ) -> Result<Attr> {
         let r = self.inner.row_of(ino);
         if let Some(size) = set.size {
@@ -857,6 +913,20 @@ impl VolumeFs for NativeVolume {
             let mut row = self.inner.get(&tx, r)?;
             if let Some(m) = set.mode {
                 row.mode = (row.mode & libc::S_IFMT) | (m & 0o7777);
+            }
+            // A truncate or chown by a caller without CAP_FSETID drops
+            // setuid/setgid. The kernel sends the new mode itself except
+            // for setgid without group execute held by a non-member of the
+            // file's group (its old group, for chown).
+            if ctx.uid != 0
+                && !row.is_dir()
+                && (set.size.is_some() || set.uid.is_some() || set.gid.is_some())
+                && row.mode & (libc::S_ISUID | libc::S_ISGID) != 0
+            {
+                let old_gid = row.gid;
+                row.mode = perm::mode_without_privs(row.mode, || {
+                    perm::caller_in_group(ctx.uid, ctx.gid, ctx.pid, old_gid)
+                });
             }
             if let Some(u) = set.uid {
                 row.uid = u;
@@ -883,6 +953,9 @@ impl VolumeFs for NativeVolume {
             tx.commit()?;
             row
         };
+        if row.mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            self.inner.privs_gen.fetch_add(1, Ordering::AcqRel);
+        }
         // An open file commits its own times at the next flush. Pass on
         // what this call set; an mtime it did not set stays the pending
         // write's, which is newer than the catalog's.
