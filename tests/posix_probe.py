@@ -77,6 +77,15 @@ def as_user(uid, gid, groups, f, fsonly=False):
     return data.decode()
 
 
+def _renameat2(a, b, flags):
+    libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    r = libc.renameat2(-100, a.encode(), -100, b.encode(), flags)
+    if r != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+
 def own(path):
     st = os.lstat(path)
     return "%d:%d %o" % (st.st_uid, st.st_gid, st.st_mode)
@@ -243,14 +252,6 @@ def class_fail():
     ]
 
 
-    def _renameat2(a, b, flags):
-        libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-        r = libc.renameat2(-100, a.encode(), -100, b.encode(), flags)
-        if r != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
-
-
     def failing(name, f, *a, user=None):
         before = {w: times(p(*w)) for w in WATCH}
         time.sleep(NAP)
@@ -322,6 +323,49 @@ def class_move():
         as_user(NOBODY, NOGROUP, [], lambda: code(os.rename, p("mv", "src", "rootfile"), p("mv", "dst", "rootfile"))),
     )
     record("move.after", " ".join(sorted(os.listdir(p("mv", "src")))) + " | " + " ".join(sorted(os.listdir(p("mv", "dst")))))
+    # The moved directory's own times and link count, and its new "..".
+    os.mkdir(p("mv", "src", "moved"), 0o755)
+    os.mkdir(p("mv", "src", "moved", "child"), 0o755)
+    before = times(p("mv", "src", "moved"))
+    time.sleep(NAP)
+    os.rename(p("mv", "src", "moved"), p("mv", "dst", "moved"))
+    after = times(p("mv", "dst", "moved"))
+    record(
+        "move.moved_dir",
+        "ctime=%s mtime=%s nlink=%d dotdot=%s"
+        % (
+            "changed" if after[0] != before[0] else "same",
+            "changed" if after[1] != before[1] else "same",
+            os.lstat(p("mv", "dst", "moved")).st_nlink,
+            os.path.samefile(p("mv", "dst", "moved", ".."), p("mv", "dst")),
+        ),
+    )
+    # Replacing an empty directory by a directory from another parent.
+    os.mkdir(p("mv", "src", "d2"), 0o755)
+    os.mkdir(p("mv", "dst", "empty"), 0o755)
+    record("move.onto_empty_dir", code(os.rename, p("mv", "src", "d2"), p("mv", "dst", "empty")))
+    # A file replaced by rename keeps its other names, with one link less
+    # and a new ctime.
+    os.close(os.open(p("mv", "dst", "victim"), os.O_CREAT | os.O_WRONLY, 0o644))
+    os.link(p("mv", "dst", "victim"), p("mv", "dst", "victim2"))
+    os.close(os.open(p("mv", "src", "newer"), os.O_CREAT | os.O_WRONLY, 0o644))
+    before = times(p("mv", "dst", "victim2"))
+    time.sleep(NAP)
+    c = code(os.rename, p("mv", "src", "newer"), p("mv", "dst", "victim"))
+    record(
+        "move.replaced_other_name",
+        "%s nlink=%d ctime=%s"
+        % (c, os.lstat(p("mv", "dst", "victim2")).st_nlink, "changed" if times(p("mv", "dst", "victim2"))[0] != before[0] else "same"),
+    )
+    # RENAME_EXCHANGE of a directory and a file across parents.
+    os.mkdir(p("mv", "src", "xd"), 0o755)
+    os.close(os.open(p("mv", "dst", "xf"), os.O_CREAT | os.O_WRONLY, 0o644))
+    c = code(_renameat2, p("mv", "src", "xd"), p("mv", "dst", "xf"), 2)
+    record(
+        "move.exchange",
+        "%s %s %s"
+        % (c, own(p("mv", "src", "xd")), own(p("mv", "dst", "xf"))),
+    )
     # nlink of both parents after a successful directory move.
     record("move.nlink", "%d %d" % (os.lstat(p("mv", "src")).st_nlink, os.lstat(p("mv", "dst")).st_nlink))
 
