@@ -212,6 +212,22 @@ fn writes_and_truncates_drop_setuid_and_setgid() {
     assert_eq!(line(&got, "kill.sgid_noexec_truncate"), "ok 0:0 100666");
 }
 
+/// link, rename, unlink of another name, RENAME_EXCHANGE and xattr calls on
+/// a file that is open with uncommitted writes show their ctime at once, and
+/// the commit at close keeps it.
+#[test]
+fn calls_on_open_files_show_their_ctime() {
+    if !can_run() {
+        return;
+    }
+    let got = same_as_ext4("open");
+    assert!(
+        got.iter()
+            .all(|l| l.contains("ctime=changed after_close=kept")),
+        "{got:#?}"
+    );
+}
+
 /// The most links one file can have is 65000, as on ext4: the next link(2)
 /// gives EMLINK and leaves nothing behind, and one unlink makes room again.
 #[test]

@@ -576,6 +576,58 @@ def class_kill():
     kill_case("suid_chown_by_owner", 0o4775, NOBODY, OTHER, (NOBODY, NOGROUP, [OTHER]), "chown_self")
 
 
-for name in WANT or ['own', 'chmod', 'fail', 'move', 'kinds', 'nlink', 'ftruncate', 'kill']:
+# 9. Namespace and xattr calls on a file that is open (with data written
+#    and not yet committed) show their ctime at once, and the commit at
+#    close does not take it back.
+def class_open():
+    os.mkdir(p("open"), 0o777)
+    ops = ["link", "rename", "unlink_other", "rename_over_other_name", "exchange", "setxattr", "removexattr", "chmod", "chown"]
+    for op in ops:
+        f = p("open", op)
+        fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+        os.write(fd, b"hello")
+        if op in ("unlink_other", "rename_over_other_name"):
+            os.link(f, f + ".2")
+        if op == "removexattr":
+            os.setxattr(f, "user.x", b"1")
+        if op == "exchange":
+            os.close(os.open(f + ".x", os.O_CREAT | os.O_WRONLY, 0o644))
+        t0 = times(f)[0]
+        time.sleep(NAP)
+        if op == "link":
+            os.link(f, f + ".l")
+        elif op == "rename":
+            os.rename(f, f + ".r")
+            f = f + ".r"
+        elif op == "unlink_other":
+            os.unlink(f + ".2")
+        elif op == "rename_over_other_name":
+            g = f + ".src"
+            os.close(os.open(g, os.O_CREAT | os.O_WRONLY, 0o644))
+            os.rename(g, f + ".2")
+        elif op == "exchange":
+            _renameat2(f, f + ".x", 2)
+            f = f + ".x"
+        elif op == "setxattr":
+            os.setxattr(f, "user.x", b"1")
+        elif op == "removexattr":
+            os.removexattr(f, "user.x")
+        elif op == "chmod":
+            os.chmod(f, 0o600)
+        elif op == "chown":
+            os.chown(f, NOBODY, NOGROUP)
+        t1 = times(f)[0]
+        os.write(fd, b"more")
+        os.close(fd)
+        t2 = times(f)[0]
+        st = os.lstat(f)
+        record(
+            "open." + op,
+            "ctime=%s after_close=%s nlink=%d size=%d"
+            % ("changed" if t1 != t0 else "same", "kept" if t2 >= t1 else "went_back", st.st_nlink, st.st_size),
+        )
+
+
+for name in WANT or ['own', 'chmod', 'fail', 'move', 'kinds', 'nlink', 'ftruncate', 'kill', 'open']:
     globals()["class_" + name]()
 print("\n".join(out))

@@ -295,6 +295,17 @@ impl Inner {
         Ok(())
     }
 
+    /// Passes the ctime a namespace or xattr call just committed on to the
+    /// open state of `ino`, if it is open: stat shows an open file's times
+    /// from there, and its next commit writes them. Called after the
+    /// catalog connection is released (lock order).
+    fn open_ctime(open: &HashMap<i64, Arc<Inode>>, ino: i64, t: i64) {
+        if let Some(node) = open.get(&ino) {
+            let mut st = node.st.lock();
+            st.ctime = st.ctime.max(t);
+        }
+    }
+
     fn is_ancestor(&self, c: &rusqlite::Connection, anc: i64, mut dir: i64) -> Result<bool> {
         for _ in 0..100_000 {
             if dir == anc {
@@ -739,6 +750,7 @@ impl VolumeFs for NativeVolume {
             tx.commit()?;
             row
         };
+        Inner::open_ctime(&self.inner.open.lock(), src, row.ctime);
         Ok(self.inner.attr(&row, None))
     }
 
@@ -746,7 +758,7 @@ impl VolumeFs for NativeVolume {
         let p = self.inner.row_of(parent);
         let open = self.inner.open.lock();
         let dirs = self.inner.open_dirs.lock();
-        {
+        let changed = {
             let mut conn = self.inner.env().catalog.conn();
             let tx = conn.transaction()?;
             let child =
@@ -759,7 +771,9 @@ impl VolumeFs for NativeVolume {
             self.inner.drop_link(&tx, &mut row, &open, &dirs)?;
             meta::touch_dir(&tx, p, now(), 0)?;
             tx.commit()?;
-        }
+            (row.ino, row.ctime)
+        };
+        Inner::open_ctime(&open, changed.0, changed.1);
         drop(dirs);
         drop(open);
         file::collect_soon(self.inner.env());
@@ -808,7 +822,8 @@ impl VolumeFs for NativeVolume {
         let (p, np) = (self.inner.row_of(parent), self.inner.row_of(newparent));
         let open = self.inner.open.lock();
         let dirs = self.inner.open_dirs.lock();
-        {
+        // Inodes whose ctime the rename set: (row, ctime).
+        let touched = {
             let mut conn = self.inner.env().catalog.conn();
             let tx = conn.transaction()?;
             let src =
@@ -844,8 +859,12 @@ impl VolumeFs for NativeVolume {
                 meta::update(&tx, &srow)?;
                 meta::update(&tx, &drow)?;
                 tx.commit()?;
+                drop(conn);
+                Inner::open_ctime(&open, src, t);
+                Inner::open_ctime(&open, dst, t);
                 return Ok(());
             }
+            let mut touched = vec![(src, t)];
             if let Some(dst) = dst {
                 if noreplace {
                     return err(ErrorKind::Exists);
@@ -868,6 +887,7 @@ impl VolumeFs for NativeVolume {
                     meta::touch_dir(&tx, np, t, -1)?;
                 }
                 self.inner.drop_link(&tx, &mut drow, &open, &dirs)?;
+                touched.push((drow.ino, drow.ctime));
             }
             meta::unlink(&tx, p, name)?;
             meta::link(&tx, np, newname, src)?;
@@ -877,6 +897,10 @@ impl VolumeFs for NativeVolume {
             srow.ctime = t;
             meta::update(&tx, &srow)?;
             tx.commit()?;
+            touched
+        };
+        for (ino, t) in touched {
+            Inner::open_ctime(&open, ino, t);
         }
         drop(dirs);
         drop(open);
@@ -1027,6 +1051,8 @@ impl VolumeFs for NativeVolume {
         row.ctime = now();
         meta::update(&tx, &row)?;
         tx.commit()?;
+        drop(conn);
+        Inner::open_ctime(&self.inner.open.lock(), r, row.ctime);
         Ok(())
     }
 
@@ -1044,6 +1070,8 @@ impl VolumeFs for NativeVolume {
         row.ctime = now();
         meta::update(&tx, &row)?;
         tx.commit()?;
+        drop(conn);
+        Inner::open_ctime(&self.inner.open.lock(), r, row.ctime);
         Ok(())
     }
 
