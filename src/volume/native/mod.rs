@@ -288,9 +288,8 @@ impl Inner {
             r.ctime = now();
             meta::update(&tx, &r)?;
             tx.commit()?;
-            if let Some(node) = self.open.lock().get(&row).cloned() {
-                node.st.lock().ctime = r.ctime;
-            }
+            drop(conn);
+            Inner::open_ctime(&self.open.lock(), row, r.ctime);
         }
         Ok(())
     }
