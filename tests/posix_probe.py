@@ -156,6 +156,14 @@ def class_own():
         as_user(NOBODY, NOGROUP, [OTHER], lambda: owners(p("sgid"), "m", 0o2755)),
     )
     record("sgid.root", owners(p("sgid"), "r", 0o2755))
+
+    # The umask: applied by the kernel before fsd sees the mode (fsd does
+    # not ask for FUSE_DONT_MASK), also in a setgid directory.
+    def masked():
+        os.umask(0o027)
+        return owners(p("sgid"), "u", 0o7777)
+
+    record("sgid.umask", as_user(NOBODY, NOGROUP, [OTHER], masked))
     # A directory made in a setgid directory passes the group on again.
     record(
         "sgid.nested",
