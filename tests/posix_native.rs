@@ -272,3 +272,59 @@ print(n, err, after, exists, again, os.lstat(f).st_nlink)
     assert_eq!(got, "65000 EMLINK 65000 False ok 65000");
     d.stop();
 }
+
+/// An offload write (`tokenctl offload-write`) by anyone but root drops
+/// setuid and setgid as write(2) does; root's keeps them. (fsd only: ext4
+/// has no offload.)
+#[test]
+fn offload_writes_drop_setuid_and_setgid_like_write() {
+    if !can_run() || !have("setpriv") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let (mut d, v) = native();
+    let tmp = d.dir.path().join("tokens");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(v.join("src"), pattern(5, 8192)).unwrap();
+    for f in ["by-nobody", "by-root"] {
+        let p = v.join(f);
+        std::fs::write(&p, b"old").unwrap();
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    }
+    let tokenctl = |nobody: bool, args: &[&Path]| {
+        let mut c = if nobody {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", TOKENCTL]);
+            c
+        } else {
+            Command::new(TOKENCTL)
+        };
+        let o = c.arg("--state").arg(&d.state).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {o:?}");
+    };
+    let t = tmp.join("t");
+    tokenctl(
+        true,
+        &[
+            Path::new("offload-read"),
+            &v.join("src"),
+            Path::new("-o"),
+            &t,
+        ],
+    );
+    tokenctl(
+        true,
+        &[Path::new("offload-write"), &t, &v.join("by-nobody")],
+    );
+    tokenctl(false, &[Path::new("offload-write"), &t, &v.join("by-root")]);
+    let mode = |f: &str| std::fs::metadata(v.join(f)).unwrap().mode() & 0o7777;
+    assert_eq!(
+        std::fs::read(v.join("by-nobody")).unwrap(),
+        pattern(5, 8192)
+    );
+    assert_eq!(mode("by-nobody"), 0o755);
+    assert_eq!(mode("by-root"), 0o6755);
+    d.stop();
+}
