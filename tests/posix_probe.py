@@ -374,6 +374,30 @@ def class_move():
         "%s %s %s"
         % (c, own(p("mv", "src", "xd")), own(p("mv", "dst", "xf"))),
     )
+    # RENAME_WHITEOUT (overlayfs): a 0:0 character device takes the old
+    # name; as root and in a setgid directory, over a file and over nothing.
+    os.mkdir(p("mv", "wo"), 0o777)
+    os.chown(p("mv", "wo"), 0, OTHER)
+    os.chmod(p("mv", "wo"), 0o2777)
+    for n in ("a", "b", "c"):
+        os.close(os.open(p("mv", "wo", n), os.O_CREAT | os.O_WRONLY, 0o644))
+    os.mkdir(p("mv", "wo", "dir"), 0o755)
+    res = []
+    for src, dst in (("a", "new"), ("b", "c"), ("dir", "dir2"), ("c", "c")):
+        before = times(p("mv", "wo"))
+        time.sleep(NAP)
+        c = code(_renameat2, p("mv", "wo", src), p("mv", "wo", dst), 4)
+        st = os.lstat(p("mv", "wo", src))
+        res.append(
+            "%s>%s=%s,%o,%d:%d,rdev=%d,nlink=%d,dir=%s"
+            % (src, dst, c, st.st_mode, st.st_uid, st.st_gid, st.st_rdev, st.st_nlink,
+               "changed" if times(p("mv", "wo")) != before else "same")
+        )
+    res.append("wo_nlink=%d" % os.lstat(p("mv", "wo")).st_nlink)
+    res.append("noreplace=" + code(_renameat2, p("mv", "wo", "new"), p("mv", "wo", "a"), 5))
+    res.append("exchange=" + code(_renameat2, p("mv", "wo", "new"), p("mv", "wo", "a"), 6))
+    record("move.whiteout", " ".join(res))
+    record("move.whiteout_nobody", as_user(NOBODY, NOGROUP, [], lambda: code(_renameat2, p("mv", "wo", "new"), p("mv", "wo", "n2"), 4)))
     # nlink of both parents after a successful directory move.
     record("move.nlink", "%d %d" % (os.lstat(p("mv", "src")).st_nlink, os.lstat(p("mv", "dst")).st_nlink))
 

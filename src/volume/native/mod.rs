@@ -809,13 +809,14 @@ impl VolumeFs for NativeVolume {
         newparent: u64,
         newname: &[u8],
         flags: u32,
-        _ctx: &Ctx,
+        ctx: &Ctx,
     ) -> Result<()> {
         check_name(newname)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
-        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace)
-        {
+        let whiteout = flags & libc::RENAME_WHITEOUT != 0;
+        let known = libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE | libc::RENAME_WHITEOUT;
+        if flags & !known != 0 || (exchange && (noreplace || whiteout)) {
             return err(ErrorKind::Invalid);
         }
         let (p, np) = (self.inner.row_of(parent), self.inner.row_of(newparent));
@@ -890,6 +891,28 @@ impl VolumeFs for NativeVolume {
             }
             meta::unlink(&tx, p, name)?;
             meta::link(&tx, np, newname, src)?;
+            if whiteout {
+                // RENAME_WHITEOUT (overlayfs; the kernel checked CAP_MKNOD):
+                // a 0:0 character device takes the old name, owned as a
+                // new inode of the caller's, as ext4 makes it.
+                let prow = self.inner.get(&tx, p)?;
+                let (uid, gid, mode) = self.inner.new_owner(&prow, libc::S_IFCHR, ctx);
+                let wo = Row {
+                    ino: 0,
+                    mode,
+                    uid,
+                    gid,
+                    nlink: 1,
+                    size: 0,
+                    rdev: 0,
+                    atime: t,
+                    mtime: t,
+                    ctime: t,
+                    target: None,
+                };
+                let ino = meta::insert(&tx, self.inner.slot(), &wo)?;
+                meta::link(&tx, p, name, ino)?;
+            }
             let d = if srow.is_dir() && p != np { 1 } else { 0 };
             meta::touch_dir(&tx, p, t, -d)?;
             meta::touch_dir(&tx, np, t, d)?;
