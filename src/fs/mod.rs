@@ -619,6 +619,12 @@ impl Core {
 
     /// Writes through handle `fh` on behalf of `owner`, the kernel's lock
     /// owner of the writing process (None if the kernel did not say).
+    /// Drops setuid/setgid before a write by `ctx` that the kernel
+    /// flagged FUSE_WRITE_KILL_SUIDGID (see [`OpenFile::kill_privs`]).
+    pub fn kill_privs(&self, fh: u64, ctx: &Ctx) -> Result<()> {
+        self.handle(fh)?.file.kill_privs(ctx)
+    }
+
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], owner: Option<u64>) -> Result<u32> {
         let h = self.handle(fh)?;
         h.writers.wrote(owner);

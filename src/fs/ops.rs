@@ -88,6 +88,14 @@ pub trait OpenFile: Send + Sync {
         self.write_all(offset, &data)
     }
 
+    /// Called before a write the kernel flagged FUSE_WRITE_KILL_SUIDGID (a
+    /// writer without CAP_FSETID, through direct I/O): drop the file's
+    /// setuid/setgid bits as a write on ext4 does. Read-only volumes have
+    /// none to drop.
+    fn kill_privs(&self, _ctx: &Ctx) -> Result<()> {
+        Ok(())
+    }
+
     /// Called on every close(2) of a descriptor (FUSE flush).
     fn flush(&self) -> Result<()> {
         Ok(())

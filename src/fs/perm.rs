@@ -91,6 +91,27 @@ pub fn may_access_meta(c: &Caller, m: &std::fs::Metadata, want: u32) -> bool {
     may_access(c, m.mode(), m.uid(), m.gid(), want)
 }
 
+/// The mode a regular file keeps after a write, truncate or chown by a
+/// caller without CAP_FSETID (any uid but 0), as the kernel's
+/// `file_remove_privs` and `setattr_should_drop_sgid` leave it on ext4:
+/// setuid always goes; setgid goes when group execute is set, or when the
+/// caller is not in the file's group (`in_group` is asked only then, since
+/// it may read /proc). FUSE leaves the second case, and the whole of writes
+/// through direct I/O and `O_TRUNC` opens, to the filesystem.
+pub fn mode_without_privs(mode: u32, in_group: impl FnOnce() -> bool) -> u32 {
+    let mut m = mode & !libc::S_ISUID;
+    if m & libc::S_ISGID != 0 && (m & libc::S_IXGRP != 0 || !in_group()) {
+        m &= !libc::S_ISGID;
+    }
+    m
+}
+
+/// Is the caller (fsgid `gid`, process `pid`) in group `file_gid`? The
+/// supplementary groups come from /proc, as FUSE sends only the fsgid.
+pub fn caller_in_group(uid: u32, gid: u32, pid: u32, file_gid: u32) -> bool {
+    gid == file_gid || Caller::from_peer(pid, uid, gid).in_group(file_gid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +151,20 @@ mod tests {
         assert!(may_access(&Caller::root(), libc::S_IFREG, 5, 5, R | W));
         assert!(!may_access(&Caller::root(), libc::S_IFREG | 0o600, 5, 5, X));
         assert!(may_access(&Caller::root(), libc::S_IFREG | 0o700, 5, 5, X));
+    }
+
+    #[test]
+    fn privs_dropped_as_the_kernel_drops_them() {
+        let reg = libc::S_IFREG;
+        // setuid always goes; setgid with group execute always goes.
+        assert_eq!(mode_without_privs(reg | 0o6755, || true), reg | 0o755);
+        // setgid without group execute stays for a member only.
+        assert_eq!(mode_without_privs(reg | 0o2644, || true), reg | 0o2644);
+        assert_eq!(mode_without_privs(reg | 0o2644, || false), reg | 0o644);
+        // Nothing to drop: group membership is not even asked.
+        assert_eq!(
+            mode_without_privs(reg | 0o755, || panic!("asked")),
+            reg | 0o755
+        );
     }
 }

@@ -405,12 +405,17 @@ impl Filesystem for FuseFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: FuseOpenFlags,
         lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         gated!(self, req, reply);
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Err(e) = self.core.kill_privs(fh.0, &ctx(req))
+        {
+            return reply.error(errno(&e));
+        }
         match self.core.write(fh.0, offset, data, lock_owner.map(|o| o.0)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),

@@ -798,6 +798,11 @@ impl Offload {
                 ));
             }
             self.with_open(dst, libc::O_WRONLY, caller, |f| {
+                // A write by anyone but root drops setuid/setgid, as
+                // write(2) through the mount does.
+                if len > 0 {
+                    f.kill_privs(&ctx_of(caller))?;
+                }
                 f.zero_range(req.offset, len)?;
                 f.flush()
             })?;
@@ -840,6 +845,7 @@ impl Offload {
             });
         }
         let moved = self.with_open(dst, libc::O_WRONLY, caller, |d| {
+            d.kill_privs(&ctx_of(caller))?;
             let moved = self.transfer_token(&row, req.token_offset, want, d, req.offset)?;
             d.flush()?;
             Ok(moved)

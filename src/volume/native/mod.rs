@@ -20,7 +20,7 @@ pub mod sealer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -28,6 +28,7 @@ use self::file::{Env, Files, Inode};
 use self::meta::Row;
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::{DirEntry, OpenFile, Shared, VOLUME_ROOT, VolumeFs};
+use crate::fs::perm;
 use crate::fs::types::{
     Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, StatFs, TimeSet, Timespec,
 };
@@ -65,6 +66,10 @@ struct Inner {
     /// Directories with open descriptors (row → count). A removed one keeps
     /// its row, with no links, until the last descriptor is closed.
     open_dirs: Mutex<HashMap<i64, u32>>,
+    /// Bumped after every setattr that leaves a setuid or setgid bit, so an
+    /// open file re-reads its mode before the next write that must drop
+    /// them (see [`NativeFile::kill_privs`]) and otherwise skips the catalog.
+    privs_gen: AtomicU64,
 }
 
 /// A native volume.
@@ -303,6 +308,44 @@ impl Inner {
         Ok(())
     }
 
+    /// Drops the setuid and setgid bits of `row` as a write or `O_TRUNC`
+    /// open by `ctx` does on ext4 ([`perm::mode_without_privs`]); root
+    /// (CAP_FSETID) keeps them.
+    fn drop_privs(&self, row: i64, ctx: &Ctx) -> Result<()> {
+        if ctx.uid == 0 {
+            return Ok(());
+        }
+        let mut conn = self.env().catalog.conn();
+        let tx = conn.transaction()?;
+        let mut r = self.get(&tx, row)?;
+        if r.is_dir() || r.mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+            return Ok(());
+        }
+        let mode = perm::mode_without_privs(r.mode, || {
+            perm::caller_in_group(ctx.uid, ctx.gid, ctx.pid, r.gid)
+        });
+        if mode != r.mode {
+            r.mode = mode;
+            r.ctime = now();
+            meta::update(&tx, &r)?;
+            tx.commit()?;
+            drop(conn);
+            Inner::open_ctime(&self.open.lock(), row, r.ctime);
+        }
+        Ok(())
+    }
+
+    /// Passes the ctime a namespace or xattr call just committed on to the
+    /// open state of `ino`, if it is open: stat shows an open file's times
+    /// from there, and its next commit writes them. Called after the
+    /// catalog connection is released (lock order).
+    fn open_ctime(open: &HashMap<i64, Arc<Inode>>, ino: i64, t: i64) {
+        if let Some(node) = open.get(&ino) {
+            let mut st = node.st.lock();
+            st.ctime = st.ctime.max(t);
+        }
+    }
+
     fn is_ancestor(&self, c: &rusqlite::Connection, anc: i64, mut dir: i64) -> Result<bool> {
         for _ in 0..100_000 {
             if dir == anc {
@@ -326,6 +369,9 @@ pub struct NativeFile {
     node: Arc<Inode>,
     local: u64,
     writable: bool,
+    /// The volume's `privs_gen` when this descriptor last made sure the
+    /// file has no setuid/setgid bit a write must drop; `u64::MAX` before.
+    privs_seen: AtomicU64,
 }
 
 impl OpenFile for NativeFile {
@@ -406,6 +452,19 @@ impl OpenFile for NativeFile {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+
+    /// A write by a caller without CAP_FSETID (FUSE_WRITE_KILL_SUIDGID):
+    /// drops setuid/setgid as ext4 does. After one check the catalog is
+    /// read again only once a setattr may have set a bit anew.
+    fn kill_privs(&self, ctx: &Ctx) -> Result<()> {
+        let g = self.vol.privs_gen.load(Ordering::Acquire);
+        if self.privs_seen.load(Ordering::Acquire) == g {
+            return Ok(());
+        }
+        self.vol.drop_privs(self.node.ino, ctx)?;
+        self.privs_seen.store(g, Ordering::Release);
+        Ok(())
+    }
 }
 
 impl NativeFile {
@@ -433,6 +492,7 @@ impl NativeVolume {
                 root,
                 open: Mutex::new(HashMap::new()),
                 open_dirs: Mutex::new(HashMap::new()),
+                privs_gen: AtomicU64::new(0),
             }),
         }
     }
@@ -469,7 +529,12 @@ impl NativeVolume {
         &self.inner.files
     }
 
-    fn open_file(&self, row: i64, flags: OpenFlags) -> Result<Arc<dyn OpenFile>> {
+    fn open_file(&self, row: i64, flags: OpenFlags, ctx: &Ctx) -> Result<Arc<dyn OpenFile>> {
+        // An O_TRUNC open drops setuid/setgid as a truncate does; FUSE's
+        // atomic O_TRUNC leaves that to the filesystem.
+        if flags.truncate() {
+            self.inner.drop_privs(row, ctx)?;
+        }
         let node = self.inner.acquire(row)?;
         // O_TRUNC truncates even with O_RDONLY, as on Linux's own
         // filesystems (the kernel has checked write permission).
@@ -484,6 +549,7 @@ impl NativeVolume {
             local: self.inner.local_of(row),
             node,
             writable: flags.writable(),
+            privs_seen: AtomicU64::new(u64::MAX),
         }))
     }
 }
@@ -612,7 +678,7 @@ impl VolumeFs for NativeVolume {
         }
     }
 
-    fn open(&self, ino: u64, flags: OpenFlags, _ctx: &Ctx) -> Result<Arc<dyn OpenFile>> {
+    fn open(&self, ino: u64, flags: OpenFlags, ctx: &Ctx) -> Result<Arc<dyn OpenFile>> {
         let r = self.inner.row_of(ino);
         let row = self.inner.get(&self.inner.env().catalog.conn(), r)?;
         match row.kind() {
@@ -620,7 +686,7 @@ impl VolumeFs for NativeVolume {
             FileKind::File => {}
             _ => return err(ErrorKind::Unsupported),
         }
-        self.open_file(r, flags)
+        self.open_file(r, flags, ctx)
     }
 
     fn create(
@@ -634,7 +700,7 @@ impl VolumeFs for NativeVolume {
     ) -> Result<(Attr, Arc<dyn OpenFile>)> {
         let mode = libc::S_IFREG | (mode & 0o7777 & !umask);
         let row = self.inner.make(parent, name, mode, 0, None, ctx)?;
-        let f = self.open_file(row.ino, flags)?;
+        let f = self.open_file(row.ino, flags, ctx)?;
         Ok((self.inner.attr(&row, Some(0)), f))
     }
 
@@ -725,6 +791,7 @@ impl VolumeFs for NativeVolume {
             tx.commit()?;
             row
         };
+        Inner::open_ctime(&self.inner.open.lock(), src, row.ctime);
         Ok(self.inner.attr(&row, None))
     }
 
@@ -732,7 +799,7 @@ impl VolumeFs for NativeVolume {
         let p = self.inner.row_of(parent);
         let open = self.inner.open.lock();
         let dirs = self.inner.open_dirs.lock();
-        {
+        let changed = {
             let mut conn = self.inner.env().catalog.conn();
             let tx = conn.transaction()?;
             let child =
@@ -745,7 +812,9 @@ impl VolumeFs for NativeVolume {
             self.inner.drop_link(&tx, &mut row, &open, &dirs)?;
             meta::touch_dir(&tx, p, now(), 0)?;
             tx.commit()?;
-        }
+            (row.ino, row.ctime)
+        };
+        Inner::open_ctime(&open, changed.0, changed.1);
         drop(dirs);
         drop(open);
         file::collect_soon(self.inner.env());
@@ -782,19 +851,21 @@ impl VolumeFs for NativeVolume {
         newparent: u64,
         newname: &[u8],
         flags: u32,
-        _ctx: &Ctx,
+        ctx: &Ctx,
     ) -> Result<()> {
         check_name(newname)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
-        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace)
-        {
+        let whiteout = flags & libc::RENAME_WHITEOUT != 0;
+        let known = libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE | libc::RENAME_WHITEOUT;
+        if flags & !known != 0 || (exchange && (noreplace || whiteout)) {
             return err(ErrorKind::Invalid);
         }
         let (p, np) = (self.inner.row_of(parent), self.inner.row_of(newparent));
         let open = self.inner.open.lock();
         let dirs = self.inner.open_dirs.lock();
-        {
+        // Inodes whose ctime the rename set: (row, ctime).
+        let touched = {
             let mut conn = self.inner.env().catalog.conn();
             let tx = conn.transaction()?;
             let src =
@@ -830,8 +901,12 @@ impl VolumeFs for NativeVolume {
                 meta::update(&tx, &srow)?;
                 meta::update(&tx, &drow)?;
                 tx.commit()?;
+                drop(conn);
+                Inner::open_ctime(&open, src, t);
+                Inner::open_ctime(&open, dst, t);
                 return Ok(());
             }
+            let mut touched = vec![(src, t)];
             if let Some(dst) = dst {
                 if noreplace {
                     return err(ErrorKind::Exists);
@@ -854,15 +929,42 @@ impl VolumeFs for NativeVolume {
                     meta::touch_dir(&tx, np, t, -1)?;
                 }
                 self.inner.drop_link(&tx, &mut drow, &open, &dirs)?;
+                touched.push((drow.ino, drow.ctime));
             }
             meta::unlink(&tx, p, name)?;
             meta::link(&tx, np, newname, src)?;
+            if whiteout {
+                // RENAME_WHITEOUT (overlayfs; the kernel checked CAP_MKNOD):
+                // a 0:0 character device takes the old name, owned as a
+                // new inode of the caller's, as ext4 makes it.
+                let prow = self.inner.get(&tx, p)?;
+                let (uid, gid, mode) = self.inner.new_owner(&prow, libc::S_IFCHR, ctx);
+                let wo = Row {
+                    ino: 0,
+                    mode,
+                    uid,
+                    gid,
+                    nlink: 1,
+                    size: 0,
+                    rdev: 0,
+                    atime: t,
+                    mtime: t,
+                    ctime: t,
+                    target: None,
+                };
+                let ino = meta::insert(&tx, self.inner.slot(), &wo)?;
+                meta::link(&tx, p, name, ino)?;
+            }
             let d = if srow.is_dir() && p != np { 1 } else { 0 };
             meta::touch_dir(&tx, p, t, -d)?;
             meta::touch_dir(&tx, np, t, d)?;
             srow.ctime = t;
             meta::update(&tx, &srow)?;
             tx.commit()?;
+            touched
+        };
+        for (ino, t) in touched {
+            Inner::open_ctime(&open, ino, t);
         }
         drop(dirs);
         drop(open);
@@ -875,7 +977,7 @@ impl VolumeFs for NativeVolume {
         ino: u64,
         set: &SetAttr,
         _fh: Option<&dyn OpenFile>,
-        _ctx: &Ctx,
+        ctx: &Ctx,
     ) -> Result<Attr> {
         let r = self.inner.row_of(ino);
         if let Some(size) = set.size {
@@ -899,6 +1001,20 @@ impl VolumeFs for NativeVolume {
             let mut row = self.inner.get(&tx, r)?;
             if let Some(m) = set.mode {
                 row.mode = (row.mode & libc::S_IFMT) | (m & 0o7777);
+            }
+            // A truncate or chown by a caller without CAP_FSETID drops
+            // setuid/setgid. The kernel sends the new mode itself except
+            // for setgid without group execute held by a non-member of the
+            // file's group (its old group, for chown).
+            if ctx.uid != 0
+                && !row.is_dir()
+                && (set.size.is_some() || set.uid.is_some() || set.gid.is_some())
+                && row.mode & (libc::S_ISUID | libc::S_ISGID) != 0
+            {
+                let old_gid = row.gid;
+                row.mode = perm::mode_without_privs(row.mode, || {
+                    perm::caller_in_group(ctx.uid, ctx.gid, ctx.pid, old_gid)
+                });
             }
             if let Some(u) = set.uid {
                 row.uid = u;
@@ -925,6 +1041,9 @@ impl VolumeFs for NativeVolume {
             tx.commit()?;
             row
         };
+        if row.mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            self.inner.privs_gen.fetch_add(1, Ordering::AcqRel);
+        }
         // An open file commits its own times at the next flush. Pass on
         // what this call set; an mtime it did not set stays the pending
         // write's, which is newer than the catalog's.
@@ -999,6 +1118,8 @@ impl VolumeFs for NativeVolume {
         row.ctime = now();
         meta::update(&tx, &row)?;
         tx.commit()?;
+        drop(conn);
+        Inner::open_ctime(&self.inner.open.lock(), r, row.ctime);
         Ok(())
     }
 
@@ -1018,6 +1139,8 @@ impl VolumeFs for NativeVolume {
         row.ctime = now();
         meta::update(&tx, &row)?;
         tx.commit()?;
+        drop(conn);
+        Inner::open_ctime(&self.inner.open.lock(), r, row.ctime);
         Ok(())
     }
 
