@@ -2,6 +2,7 @@
 //! the state directory, open the catalog, reload volumes, serve the control
 //! socket and the FUSE session, and unmount cleanly on SIGTERM or SIGINT.
 
+pub mod log;
 mod service;
 
 use std::fs::File;
@@ -679,6 +680,7 @@ fn exit_without_drain(catalog: Option<&Catalog>, code: i32) -> ! {
     {
         tracing::warn!("catalog checkpoint at exit: {e}");
     }
+    log::flush(Duration::from_secs(2));
     std::process::exit(code)
 }
 

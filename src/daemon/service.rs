@@ -95,7 +95,31 @@ fn memory() -> (u64, u64) {
 }
 
 impl Handler for Service {
+    /// A panic while serving a request answers that request with an I/O
+    /// error (the panic hook logs message and backtrace) instead of ending
+    /// the connection's thread; the daemon keeps serving.
     fn handle(
+        &self,
+        req: Request,
+        caller: &Caller,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<serde_json::Value> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.serve(req, caller, progress)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!("a control request from uid {} panicked", caller.uid);
+            Err(Error::new(
+                ErrorKind::Io,
+                "internal error: the request panicked (message and backtrace in the daemon's \
+                 log); fsd keeps serving",
+            ))
+        })
+    }
+}
+
+impl Service {
+    fn serve(
         &self,
         req: Request,
         caller: &Caller,
