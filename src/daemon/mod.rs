@@ -3,6 +3,7 @@
 //! socket and the FUSE session, and unmount cleanly on SIGTERM or SIGINT.
 
 pub mod log;
+pub mod reserve;
 mod service;
 
 use std::fs::File;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{SigSet, Signal};
 
+use self::reserve::Reserve;
 pub use self::service::Service;
 use crate::config::{self, Config};
 use crate::control::server::Server;
@@ -592,6 +594,7 @@ fn finish(
     loaded: Loaded,
     mounted: &Mounted,
     socket: Server,
+    reserve: Arc<Reserve>,
 ) -> std::result::Result<Started, Fatal> {
     let failed = |e: Error| Fatal::new(exit::FAILED, e);
     let Loaded {
@@ -620,11 +623,15 @@ fn finish(
         let _ = inodes.inval_inode(fuser::INodeNo(ino), 0, 0);
     }));
     offload.start_sweeper();
+    // After the mount, off the path of the first requests: allocating
+    // 8 MiB costs a few milliseconds the first time.
+    reserve.restore();
     let service = Arc::new(Service::new(
         manager,
         offload,
         &mounted.mountpoint,
         &opts.state_dir,
+        reserve,
     ));
     Ok(Started {
         catalog,
@@ -697,6 +704,7 @@ fn lifecycle(
     loaded_done: &(dyn Fn() + Sync),
     mounted: mpsc::Receiver<Option<(Mounted, Server)>>,
     events: mpsc::Receiver<Event>,
+    reserve: Arc<Reserve>,
     ready: impl FnOnce(&str),
 ) -> std::result::Result<(), Fatal> {
     let failed = |e: Error| Fatal::new(exit::FAILED, e);
@@ -711,7 +719,7 @@ fn lifecycle(
     let Ok(Some((mut mounted, socket))) = mounted.recv() else {
         return Ok(());
     };
-    let started = match loaded.and_then(|l| finish(opts, l, &mounted, socket)) {
+    let started = match loaded.and_then(|l| finish(opts, l, &mounted, socket, reserve)) {
         Ok(s) => s,
         Err(f) => {
             gate.fail();
@@ -785,6 +793,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str) + Send) -> std::result:
     let _lock = lock_state_dir(&opts.state_dir)?;
     let core = Arc::new(Core::new());
     let gate = Arc::new(StartGate::default());
+    let reserve = Arc::new(Reserve::new(&opts.state_dir));
     let (tx, rx) = mpsc::channel::<Event>();
     // The side that finishes last opens the gate at once.
     let pending = AtomicUsize::new(2);
@@ -806,6 +815,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str) + Send) -> std::result:
                     &done,
                     mounted_rx,
                     rx,
+                    reserve.clone(),
                     ready,
                 )
             })
@@ -818,7 +828,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str) + Send) -> std::result:
                 )))
             })
         };
-        let fs = FuseFs::new(core.clone(), gate.clone());
+        let fs = FuseFs::new(core.clone(), gate.clone(), reserve.clone());
         let (session, mounted, socket) = match mount_side(opts, fs, tx.clone(), sigs) {
             Ok(m) => m,
             Err(f) => {

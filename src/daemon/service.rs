@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::reserve::Reserve;
 use crate::control::server::Handler;
 use crate::control::{DaemonStatus, Request};
 use crate::error::{Error, ErrorKind, Result};
@@ -22,6 +23,7 @@ pub struct Service {
     state_dir: String,
     started: Instant,
     started_ns: i64,
+    reserve: Arc<Reserve>,
 }
 
 fn json(v: impl Serialize) -> Result<serde_json::Value> {
@@ -37,6 +39,7 @@ impl Service {
         offload: Arc<Offload>,
         mountpoint: &Path,
         state_dir: &Path,
+        reserve: Arc<Reserve>,
     ) -> Self {
         Service {
             manager,
@@ -45,6 +48,7 @@ impl Service {
             state_dir: state_dir.display().to_string(),
             started: Instant::now(),
             started_ns: Timespec::now().as_nanos(),
+            reserve,
         }
     }
 
@@ -140,9 +144,17 @@ impl Service {
             Request::Volumes => json(self.manager.volumes()?),
             Request::Status { volume: None } => json(self.daemon_status()?),
             Request::Status { volume: Some(v) } => json(self.manager.status(&v)?),
-            Request::Detach { volume, force } => json(self.manager.detach(&volume, force, caller)?),
+            // Deletes: on a full state filesystem, the reserve makes room
+            // for their commit (see `reserve`).
+            Request::Detach { volume, force } => json(
+                self.reserve
+                    .for_delete(|| self.manager.detach(&volume, force, caller))?,
+            ),
             Request::Create { name } => json(self.manager.create(&name, caller)?),
-            Request::Destroy { volume } => json(self.manager.destroy(&volume, caller)?),
+            Request::Destroy { volume } => json(
+                self.reserve
+                    .for_delete(|| self.manager.destroy(&volume, caller))?,
+            ),
             Request::Fsck { volume, repair } => {
                 json(self.manager.fsck(volume.as_deref(), repair, caller)?)
             }

@@ -16,6 +16,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::daemon::reserve::Reserve;
 use crate::error::Error;
 use crate::fs::Core;
 use crate::fs::types::{Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, TimeSet, Timespec};
@@ -75,17 +76,20 @@ pub struct FuseFs {
     advice: ListingAdvice,
     /// `FSD_TEST_PANIC=1` at start: see [`TEST_PANIC_XATTR`].
     test_panic: bool,
+    /// Space that unlink and rmdir may use on a full state filesystem.
+    reserve: Arc<Reserve>,
 }
 
 impl FuseFs {
     /// An adapter over `core` whose requests wait at `gate` until the
     /// daemon has finished starting.
-    pub fn new(core: Arc<Core>, gate: Arc<StartGate>) -> Self {
+    pub fn new(core: Arc<Core>, gate: Arc<StartGate>, reserve: Arc<Reserve>) -> Self {
         FuseFs {
             core,
             gate,
             advice: ListingAdvice::default(),
             test_panic: std::env::var_os("FSD_TEST_PANIC").is_some_and(|v| v == "1"),
+            reserve,
         }
     }
 }
@@ -327,8 +331,10 @@ impl Filesystem for FuseFs {
             let c = ctx(req);
             reply_empty(
                 reply,
-                self.core
-                    .dir_op_unit(parent.0, |v, p| v.unlink(p, name.as_bytes(), &c)),
+                self.reserve.for_delete(|| {
+                    self.core
+                        .dir_op_unit(parent.0, |v, p| v.unlink(p, name.as_bytes(), &c))
+                }),
             );
         });
     }
@@ -339,8 +345,10 @@ impl Filesystem for FuseFs {
             let c = ctx(req);
             reply_empty(
                 reply,
-                self.core
-                    .dir_op_unit(parent.0, |v, p| v.rmdir(p, name.as_bytes(), &c)),
+                self.reserve.for_delete(|| {
+                    self.core
+                        .dir_op_unit(parent.0, |v, p| v.rmdir(p, name.as_bytes(), &c))
+                }),
             );
         });
     }
