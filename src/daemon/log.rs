@@ -226,6 +226,9 @@ struct Output {
     size: u64,
     /// Why the last line was lost, for the drop report.
     last_error: Option<String>,
+    /// A failed write left part of a line: the next one starts on a new
+    /// line.
+    torn: bool,
 }
 
 impl Output {
@@ -235,6 +238,7 @@ impl Output {
             file: None,
             size: 0,
             last_error: None,
+            torn: false,
         }
     }
 
@@ -299,12 +303,19 @@ impl Output {
                 }
                 match &mut self.file {
                     Some(f) => {
-                        let r = f.write_all(line);
-                        // A partial write still grew the file.
-                        self.size = match &r {
-                            Ok(()) => self.size + line.len() as u64,
-                            Err(_) => f.metadata().map(|m| m.len()).unwrap_or(self.size),
+                        let r = if self.torn {
+                            f.write_all(b"\n").and_then(|()| f.write_all(line))
+                        } else {
+                            f.write_all(line)
                         };
+                        // The file's own size: a partial write grew it too,
+                        // and so does what reaches it through stderr.
+                        let size = f.metadata().map(|m| m.len()).unwrap_or(self.size);
+                        match &r {
+                            Ok(()) => self.torn = false,
+                            Err(_) => self.torn |= size > self.size,
+                        }
+                        self.size = size;
                         r
                     }
                     None => return false,

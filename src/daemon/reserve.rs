@@ -44,7 +44,7 @@ impl Reserve {
     pub fn new(dir: &Path) -> Reserve {
         let path = dir.join("reserve");
         let total = nix::sys::statvfs::statvfs(dir)
-            .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks() * s.fragment_size())
             .unwrap_or(0);
         let size = if total == 0 {
             SIZE
@@ -124,7 +124,7 @@ impl Reserve {
         let have = file.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
         if have < self.size {
             let free = nix::sys::statvfs::statvfs(&self.path)
-                .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+                .map(|s| s.blocks_available() * s.fragment_size())
                 .unwrap_or(0);
             if free < 2 * (self.size - have) {
                 *f = Some(file);
