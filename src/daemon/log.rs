@@ -28,16 +28,18 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 
-/// Lines queued for the writer at most. A line is a few hundred bytes, so
-/// the queue holds at most a few MiB; a burst beyond it is dropped, not
+/// Lines queued for the writer at most; a burst beyond it is dropped, not
 /// waited for.
 const QUEUE: usize = 8192;
+/// Bytes queued at most: lines that name long paths must not make the
+/// queue's memory grow with what callers choose to name.
+const QUEUE_BYTES: usize = 4 << 20;
 
 /// Name of the writer thread (the panic hook must not wait for itself).
 const THREAD: &str = "fsd-log";
@@ -51,6 +53,8 @@ enum Msg {
 static TX: OnceLock<SyncSender<Msg>> = OnceLock::new();
 /// Lines lost so far: queue full or write failed.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Bytes in the queue now (see [`QUEUE_BYTES`]).
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
 
 /// Where the log goes.
 #[derive(Debug, Clone)]
@@ -117,6 +121,7 @@ fn spawn_writer(mut out: Output, rx: Receiver<Msg>) {
             for msg in rx {
                 match msg {
                     Msg::Line(l) => {
+                        QUEUED.fetch_sub(l.len(), Ordering::AcqRel);
                         if out.write(&l) {
                             reported = out.report_drops(reported);
                         } else {
@@ -141,12 +146,14 @@ fn spawn_writer(mut out: Output, rx: Receiver<Msg>) {
 
 /// Queues one formatted line; false (and counted) if it was dropped.
 fn submit(line: Vec<u8>) -> bool {
-    let sent = TX
-        .get()
-        .is_some_and(|tx| match tx.try_send(Msg::Line(line)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
-        });
+    let len = line.len();
+    let sent = QUEUED.fetch_add(len, Ordering::AcqRel) + len <= QUEUE_BYTES
+        && TX
+            .get()
+            .is_some_and(|tx| tx.try_send(Msg::Line(line)).is_ok());
+    if !sent {
+        QUEUED.fetch_sub(len, Ordering::AcqRel);
+    }
     if !sent {
         DROPPED.fetch_add(1, Ordering::Relaxed);
     }

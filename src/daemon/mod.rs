@@ -623,9 +623,6 @@ fn finish(
         let _ = inodes.inval_inode(fuser::INodeNo(ino), 0, 0);
     }));
     offload.start_sweeper();
-    // After the mount, off the path of the first requests: allocating
-    // 8 MiB costs a few milliseconds the first time.
-    reserve.restore();
     let service = Arc::new(Service::new(
         manager,
         offload,
@@ -719,7 +716,7 @@ fn lifecycle(
     let Ok(Some((mut mounted, socket))) = mounted.recv() else {
         return Ok(());
     };
-    let started = match loaded.and_then(|l| finish(opts, l, &mounted, socket, reserve)) {
+    let started = match loaded.and_then(|l| finish(opts, l, &mounted, socket, reserve.clone())) {
         Ok(s) => s,
         Err(f) => {
             gate.fail();
@@ -737,6 +734,10 @@ fn lifecycle(
         "fsd is serving"
     );
     ready(&started.attached);
+    // Once serving, off the path of start-up: allocating the reserve costs
+    // a few milliseconds the first time (a delete before then allocates it
+    // itself).
+    reserve.restore();
 
     let mut result = Ok(());
     match events.recv() {
