@@ -1,6 +1,9 @@
 //! The thin fuser adapter: the only place that implements
 //! `fuser::Filesystem`. Each method converts fuser's types, calls the core,
-//! and converts the result or the error's errno back. No logic lives here.
+//! and converts the result or the error's errno back. No logic lives here,
+//! beyond two guards: every handler runs under [`guarded`] (a panic answers
+//! EIO), and unlink and rmdir may use the state filesystem's reserve
+//! (`crate::daemon::reserve`).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
