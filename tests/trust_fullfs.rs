@@ -337,8 +337,9 @@ fn full_state_filesystem_keeps_serving() {
     d.stop();
 }
 
-/// A panic while serving a request answers that request with EIO, its
-/// message and backtrace reach the log, and the mount keeps serving.
+/// A panic while serving a request answers that request with EIO (an I/O
+/// error on the control socket), its message and backtrace reach the log,
+/// and the mount keeps serving.
 #[test]
 fn panic_in_a_request_is_eio() {
     let dir = tempfile::tempdir().unwrap();
@@ -359,10 +360,19 @@ fn panic_in_a_request_is_eio() {
     }
     std::fs::write(v.join("g"), b"new").unwrap();
     assert_eq!(py("os.getxattr(p, 'user.other')", &v.join("g")), "ENODATA");
+    // The control socket too: the request gets an I/O error (exit 1), the
+    // next ones are served.
+    let o = d.tokenctl(&["status", "fsd-test-panic"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("internal error"),
+        "{o:?}"
+    );
+    assert!(d.ok(&["volumes"]).contains("p"));
     assert!(d.alive());
-    d.ok(&["volumes"]);
     d.stop();
     let log = d.log();
+    assert!(log.contains("status fsd-test-panic"), "{log}");
     assert!(
         log.contains("panic in thread") && log.contains("test panic") && log.contains("backtrace"),
         "{log}"

@@ -24,7 +24,14 @@ pub struct Service {
     started: Instant,
     started_ns: i64,
     reserve: Arc<Reserve>,
+    /// `FSD_TEST_PANIC=1` at start: `status` of the volume [`TEST_PANIC`]
+    /// panics, so the tests can check that a panicking control request is
+    /// answered with an error and the daemon goes on.
+    test_panic: bool,
 }
+
+/// The volume name whose `status` panics under `FSD_TEST_PANIC=1`.
+const TEST_PANIC: &str = "fsd-test-panic";
 
 fn json(v: impl Serialize) -> Result<serde_json::Value> {
     serde_json::to_value(v)
@@ -49,6 +56,7 @@ impl Service {
             started: Instant::now(),
             started_ns: Timespec::now().as_nanos(),
             reserve,
+            test_panic: std::env::var_os("FSD_TEST_PANIC").is_some_and(|v| v == "1"),
         }
     }
 
@@ -143,6 +151,9 @@ impl Service {
             )?),
             Request::Volumes => json(self.manager.volumes()?),
             Request::Status { volume: None } => json(self.daemon_status()?),
+            Request::Status { volume: Some(v) } if self.test_panic && v == TEST_PANIC => {
+                panic!("test panic: status {TEST_PANIC} with FSD_TEST_PANIC=1")
+            }
             Request::Status { volume: Some(v) } => json(self.manager.status(&v)?),
             // Deletes: on a full state filesystem, the reserve makes room
             // for their commit (see `reserve`).
