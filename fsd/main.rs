@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fsd::config::{self, Config};
 use fsd::daemon::{self, Fatal, MountOptions, exit};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -54,25 +53,26 @@ enum Cmd {
     Config,
 }
 
-fn init_logging(level: &str, file: Option<std::fs::File>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    match file {
-        Some(f) => builder
-            .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(f))
-            .init(),
-        None => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr)
-            .init(),
-    }
+/// Starts logging (see `fsd::daemon::log`): to stderr in the foreground,
+/// to `STATE/fsd.log` (0600, rotated at `[log] max_size_mb`) with `--daemon`.
+fn init_logging(opts: &MountOptions, file: bool) {
+    let log = &opts.config.log;
+    let target = if file {
+        daemon::log::Target::File {
+            path: opts.state_dir.join("fsd.log"),
+            max_bytes: log.max_size_mb.saturating_mul(1 << 20),
+            keep: log.keep,
+            redirect_stdio: true,
+        }
+    } else {
+        daemon::log::Target::Stderr
+    };
+    daemon::log::init(&log.level, target);
 }
 
 fn fail(f: &Fatal) -> ExitCode {
-    eprintln!("fsd: {f}");
+    // Not eprintln!, which panics when stderr cannot be written.
+    let _ = writeln!(std::io::stderr(), "fsd: {f}");
     ExitCode::from(f.code as u8)
 }
 
@@ -111,15 +111,18 @@ fn main() -> ExitCode {
                     .map(|p| std::path::absolute(&p).unwrap_or(p))
                     .collect(),
             };
-            if detach {
+            let code = if detach {
                 run_detached(&opts)
             } else {
-                init_logging(&opts.config.log.level, None);
+                init_logging(&opts, false);
                 match daemon::run(&opts, |_| {}) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(f) => fail(&f),
                 }
-            }
+            };
+            // The last lines ("fsd stopped") are still in the log queue.
+            daemon::log::flush(std::time::Duration::from_secs(2));
+            code
         }
     }
 }
@@ -173,18 +176,18 @@ fn run_detached(opts: &MountOptions) -> ExitCode {
         Ok(nix::unistd::ForkResult::Child) => {
             drop(r);
             let _ = nix::unistd::setsid();
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(opts.state_dir.join("fsd.log"));
-            if let Ok(null) = std::fs::File::open("/dev/null") {
+            // The terminal is the parent's: nothing goes there. The log
+            // (when it can be opened) takes stdout and stderr over.
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
                 let _ = nix::unistd::dup2_stdin(&null);
+                let _ = nix::unistd::dup2_stdout(&null);
+                let _ = nix::unistd::dup2_stderr(&null);
             }
-            if let Ok(l) = &log {
-                let _ = nix::unistd::dup2_stdout(l);
-                let _ = nix::unistd::dup2_stderr(l);
-            }
-            init_logging(&opts.config.log.level, log.ok());
+            init_logging(opts, true);
             // Dropping the pipe closes it, which ends the parent's wait. A
             // Mutex, not a RefCell: `ready` runs on the catalog thread.
             let pipe = std::sync::Mutex::new(Some(std::fs::File::from(w)));

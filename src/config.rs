@@ -77,6 +77,10 @@ pub struct MountConfig {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
+    /// `fsd.log` (with `--daemon`) is rotated before it grows past this.
+    pub max_size_mb: u64,
+    /// Rotated files kept: `fsd.log.1` (newest) to `fsd.log.<keep>`.
+    pub keep: u32,
 }
 
 /// Merges `over` into `base`, table by table.
@@ -119,6 +123,8 @@ impl Config {
             },
             log: LogConfig {
                 level: "info".into(),
+                max_size_mb: 32,
+                keep: 3,
             },
             limits: LimitsConfig {
                 attached_volumes: 64,
@@ -177,6 +183,12 @@ impl Config {
         }
         if self.mount.read_ahead_kb > 1 << 20 {
             return Err("mount.read_ahead_kb must be at most 1048576".into());
+        }
+        if self.log.max_size_mb == 0 || self.log.max_size_mb > 1 << 20 {
+            return Err("log.max_size_mb must be between 1 and 1048576".into());
+        }
+        if self.log.keep > 100 {
+            return Err("log.keep must be at most 100".into());
         }
         if self.mount.poll_us > 10_000 {
             return Err("mount.poll_us must be at most 10000".into());

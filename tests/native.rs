@@ -435,7 +435,7 @@ except OSError as e:
     print("eio")
 "##;
     assert_eq!(python(script, &[&v.join("f")]).trim(), "eio");
-    let log = d.log_text();
+    let log = d.log_with("read failed");
     let line = log
         .lines()
         .find(|l| l.contains("read failed"))

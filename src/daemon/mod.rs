@@ -2,6 +2,8 @@
 //! the state directory, open the catalog, reload volumes, serve the control
 //! socket and the FUSE session, and unmount cleanly on SIGTERM or SIGINT.
 
+pub mod log;
+pub mod reserve;
 mod service;
 
 use std::fs::File;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{SigSet, Signal};
 
+use self::reserve::Reserve;
 pub use self::service::Service;
 use crate::config::{self, Config};
 use crate::control::server::Server;
@@ -592,6 +595,7 @@ fn finish(
     loaded: Loaded,
     mounted: &Mounted,
     socket: Server,
+    reserve: Arc<Reserve>,
 ) -> std::result::Result<Started, Fatal> {
     let failed = |e: Error| Fatal::new(exit::FAILED, e);
     let Loaded {
@@ -625,6 +629,7 @@ fn finish(
         offload,
         &mounted.mountpoint,
         &opts.state_dir,
+        reserve,
     ));
     Ok(Started {
         catalog,
@@ -680,6 +685,7 @@ fn exit_without_drain(catalog: Option<&Catalog>, code: i32) -> ! {
     {
         tracing::warn!("catalog checkpoint at exit: {e}");
     }
+    log::flush(Duration::from_secs(2));
     std::process::exit(code)
 }
 
@@ -696,6 +702,7 @@ fn lifecycle(
     loaded_done: &(dyn Fn() + Sync),
     mounted: mpsc::Receiver<Option<(Mounted, Server)>>,
     events: mpsc::Receiver<Event>,
+    reserve: Arc<Reserve>,
     ready: impl FnOnce(&str),
 ) -> std::result::Result<(), Fatal> {
     let failed = |e: Error| Fatal::new(exit::FAILED, e);
@@ -710,7 +717,7 @@ fn lifecycle(
     let Ok(Some((mut mounted, socket))) = mounted.recv() else {
         return Ok(());
     };
-    let started = match loaded.and_then(|l| finish(opts, l, &mounted, socket)) {
+    let started = match loaded.and_then(|l| finish(opts, l, &mounted, socket, reserve.clone())) {
         Ok(s) => s,
         Err(f) => {
             gate.fail();
@@ -728,6 +735,10 @@ fn lifecycle(
         "fsd is serving"
     );
     ready(&started.attached);
+    // Once serving, off the path of start-up: allocating the reserve costs
+    // a few milliseconds the first time (a delete before then allocates it
+    // itself).
+    reserve.restore();
 
     let mut result = Ok(());
     match events.recv() {
@@ -784,6 +795,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str) + Send) -> std::result:
     let _lock = lock_state_dir(&opts.state_dir)?;
     let core = Arc::new(Core::new());
     let gate = Arc::new(StartGate::default());
+    let reserve = Arc::new(Reserve::new(&opts.state_dir));
     let (tx, rx) = mpsc::channel::<Event>();
     // The side that finishes last opens the gate at once.
     let pending = AtomicUsize::new(2);
@@ -805,6 +817,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str) + Send) -> std::result:
                     &done,
                     mounted_rx,
                     rx,
+                    reserve.clone(),
                     ready,
                 )
             })
@@ -817,7 +830,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(&str) + Send) -> std::result:
                 )))
             })
         };
-        let fs = FuseFs::new(core.clone(), gate.clone());
+        let fs = FuseFs::new(core.clone(), gate.clone(), reserve.clone());
         let (session, mounted, socket) = match mount_side(opts, fs, tx.clone(), sigs) {
             Ok(m) => m,
             Err(f) => {

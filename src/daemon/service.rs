@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::reserve::Reserve;
 use crate::control::server::Handler;
 use crate::control::{DaemonStatus, Request};
 use crate::error::{Error, ErrorKind, Result};
@@ -22,7 +23,15 @@ pub struct Service {
     state_dir: String,
     started: Instant,
     started_ns: i64,
+    reserve: Arc<Reserve>,
+    /// `FSD_TEST_PANIC=1` at start: `status` of the volume [`TEST_PANIC`]
+    /// panics, so the tests can check that a panicking control request is
+    /// answered with an error and the daemon goes on.
+    test_panic: bool,
 }
+
+/// The volume name whose `status` panics under `FSD_TEST_PANIC=1`.
+const TEST_PANIC: &str = "fsd-test-panic";
 
 fn json(v: impl Serialize) -> Result<serde_json::Value> {
     serde_json::to_value(v)
@@ -37,6 +46,7 @@ impl Service {
         offload: Arc<Offload>,
         mountpoint: &Path,
         state_dir: &Path,
+        reserve: Arc<Reserve>,
     ) -> Self {
         Service {
             manager,
@@ -45,6 +55,8 @@ impl Service {
             state_dir: state_dir.display().to_string(),
             started: Instant::now(),
             started_ns: Timespec::now().as_nanos(),
+            reserve,
+            test_panic: std::env::var_os("FSD_TEST_PANIC").is_some_and(|v| v == "1"),
         }
     }
 
@@ -95,7 +107,31 @@ fn memory() -> (u64, u64) {
 }
 
 impl Handler for Service {
+    /// A panic while serving a request answers that request with an I/O
+    /// error (the panic hook logs message and backtrace) instead of ending
+    /// the connection's thread; the daemon keeps serving.
     fn handle(
+        &self,
+        req: Request,
+        caller: &Caller,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<serde_json::Value> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.serve(req, caller, progress)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!("a control request from uid {} panicked", caller.uid);
+            Err(Error::new(
+                ErrorKind::Io,
+                "internal error: the request panicked (message and backtrace in the daemon's \
+                 log); fsd keeps serving",
+            ))
+        })
+    }
+}
+
+impl Service {
+    fn serve(
         &self,
         req: Request,
         caller: &Caller,
@@ -115,10 +151,21 @@ impl Handler for Service {
             )?),
             Request::Volumes => json(self.manager.volumes()?),
             Request::Status { volume: None } => json(self.daemon_status()?),
+            Request::Status { volume: Some(v) } if self.test_panic && v == TEST_PANIC => {
+                panic!("test panic: status {TEST_PANIC} with FSD_TEST_PANIC=1")
+            }
             Request::Status { volume: Some(v) } => json(self.manager.status(&v)?),
-            Request::Detach { volume, force } => json(self.manager.detach(&volume, force, caller)?),
+            // Deletes: on a full state filesystem, the reserve makes room
+            // for their commit (see `reserve`).
+            Request::Detach { volume, force } => json(
+                self.reserve
+                    .for_delete(|| self.manager.detach(&volume, force, caller))?,
+            ),
             Request::Create { name } => json(self.manager.create(&name, caller)?),
-            Request::Destroy { volume } => json(self.manager.destroy(&volume, caller)?),
+            Request::Destroy { volume } => json(
+                self.reserve
+                    .for_delete(|| self.manager.destroy(&volume, caller))?,
+            ),
             Request::Fsck { volume, repair } => {
                 json(self.manager.fsck(volume.as_deref(), repair, caller)?)
             }

@@ -1,6 +1,9 @@
 //! The thin fuser adapter: the only place that implements
 //! `fuser::Filesystem`. Each method converts fuser's types, calls the core,
-//! and converts the result or the error's errno back. No logic lives here.
+//! and converts the result or the error's errno back. No logic lives here,
+//! beyond two guards: every handler runs under [`guarded`] (a panic answers
+//! EIO), and unlink and rmdir may use the state filesystem's reserve
+//! (`crate::daemon::reserve`).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -16,6 +19,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::daemon::reserve::Reserve;
 use crate::error::Error;
 use crate::fs::Core;
 use crate::fs::types::{Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, TimeSet, Timespec};
@@ -49,20 +53,46 @@ macro_rules! gated {
     };
 }
 
+/// Runs one request's handler. A panic in it must cost that request only:
+/// the reply, moved into `f`, is dropped while unwinding, and fuser answers
+/// a dropped reply with EIO; the panic hook has already logged the message
+/// and backtrace (`crate::daemon::log`). Without this the panic would end
+/// the worker thread, and the session's first worker is the main thread,
+/// whose end unmounts. The daemon's shared state is behind parking_lot
+/// locks, which a panic does not poison, and catalog transactions roll back
+/// when dropped.
+fn guarded(op: &str, pid: u32, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        tracing::error!("{op} from pid {pid} panicked; answered EIO and kept serving");
+    }
+}
+
+/// The xattr name that makes GETXATTR panic when the daemon was started
+/// with `FSD_TEST_PANIC=1`: the integration tests' only way to check that a
+/// panic becomes EIO and the mount keeps serving. Without the variable the
+/// name is an ordinary (absent) xattr.
+const TEST_PANIC_XATTR: &[u8] = b"user.fsd.test-panic";
+
 pub struct FuseFs {
     core: Arc<Core>,
     gate: Arc<StartGate>,
     advice: ListingAdvice,
+    /// `FSD_TEST_PANIC=1` at start: see [`TEST_PANIC_XATTR`].
+    test_panic: bool,
+    /// Space that unlink and rmdir may use on a full state filesystem.
+    reserve: Arc<Reserve>,
 }
 
 impl FuseFs {
     /// An adapter over `core` whose requests wait at `gate` until the
     /// daemon has finished starting.
-    pub fn new(core: Arc<Core>, gate: Arc<StartGate>) -> Self {
+    pub fn new(core: Arc<Core>, gate: Arc<StartGate>, reserve: Arc<Reserve>) -> Self {
         FuseFs {
             core,
             gate,
             advice: ListingAdvice::default(),
+            test_panic: std::env::var_os("FSD_TEST_PANIC").is_some_and(|v| v == "1"),
+            reserve,
         }
     }
 }
@@ -190,19 +220,23 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         gated!(self, req, reply);
-        let r = self.core.lookup(parent.0, name.as_bytes());
-        if matches!(&r, Ok((a, _)) if !matches!(a.kind, FileKind::Dir | FileKind::Symlink)) {
-            self.advice.looked_up_file(req.pid());
-        }
-        reply_entry(reply, r);
+        guarded("lookup", req.pid(), move || {
+            let r = self.core.lookup(parent.0, name.as_bytes());
+            if matches!(&r, Ok((a, _)) if !matches!(a.kind, FileKind::Dir | FileKind::Symlink)) {
+                self.advice.looked_up_file(req.pid());
+            }
+            reply_entry(reply, r);
+        });
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         gated!(self, req, reply);
-        match self.core.getattr(ino.0) {
-            Ok((a, ttl)) => reply.attr(&ttl, &fattr(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("getattr", req.pid(), move || {
+            match self.core.getattr(ino.0) {
+                Ok((a, ttl)) => reply.attr(&ttl, &fattr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn setattr(
@@ -224,27 +258,31 @@ impl Filesystem for FuseFs {
         reply: ReplyAttr,
     ) {
         gated!(self, req, reply);
-        let set = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: time_set(atime),
-            mtime: time_set(mtime),
-            ctime: ctime.map(Timespec::from_system),
-        };
-        match self.core.setattr(ino.0, &set, fh.map(|f| f.0), &ctx(req)) {
-            Ok((a, ttl)) => reply.attr(&ttl, &fattr(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("setattr", req.pid(), move || {
+            let set = SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: time_set(atime),
+                mtime: time_set(mtime),
+                ctime: ctime.map(Timespec::from_system),
+            };
+            match self.core.setattr(ino.0, &set, fh.map(|f| f.0), &ctx(req)) {
+                Ok((a, ttl)) => reply.attr(&ttl, &fattr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         gated!(self, req, reply);
-        match self.core.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("readlink", req.pid(), move || {
+            match self.core.readlink(ino.0) {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn mknod(
@@ -258,13 +296,15 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         gated!(self, req, reply);
-        let c = ctx(req);
-        reply_entry(
-            reply,
-            self.core.dir_op(parent.0, |v, p| {
-                v.mknod(p, name.as_bytes(), mode, umask, rdev, &c)
-            }),
-        );
+        guarded("mknod", req.pid(), move || {
+            let c = ctx(req);
+            reply_entry(
+                reply,
+                self.core.dir_op(parent.0, |v, p| {
+                    v.mknod(p, name.as_bytes(), mode, umask, rdev, &c)
+                }),
+            );
+        });
     }
 
     fn mkdir(
@@ -277,33 +317,43 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         gated!(self, req, reply);
-        let c = ctx(req);
-        reply_entry(
-            reply,
-            self.core.dir_op(parent.0, |v, p| {
-                v.mkdir(p, name.as_bytes(), mode, umask, &c)
-            }),
-        );
+        guarded("mkdir", req.pid(), move || {
+            let c = ctx(req);
+            reply_entry(
+                reply,
+                self.core.dir_op(parent.0, |v, p| {
+                    v.mkdir(p, name.as_bytes(), mode, umask, &c)
+                }),
+            );
+        });
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         gated!(self, req, reply);
-        let c = ctx(req);
-        reply_empty(
-            reply,
-            self.core
-                .dir_op_unit(parent.0, |v, p| v.unlink(p, name.as_bytes(), &c)),
-        );
+        guarded("unlink", req.pid(), move || {
+            let c = ctx(req);
+            reply_empty(
+                reply,
+                self.reserve.for_delete(|| {
+                    self.core
+                        .dir_op_unit(parent.0, |v, p| v.unlink(p, name.as_bytes(), &c))
+                }),
+            );
+        });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         gated!(self, req, reply);
-        let c = ctx(req);
-        reply_empty(
-            reply,
-            self.core
-                .dir_op_unit(parent.0, |v, p| v.rmdir(p, name.as_bytes(), &c)),
-        );
+        guarded("rmdir", req.pid(), move || {
+            let c = ctx(req);
+            reply_empty(
+                reply,
+                self.reserve.for_delete(|| {
+                    self.core
+                        .dir_op_unit(parent.0, |v, p| v.rmdir(p, name.as_bytes(), &c))
+                }),
+            );
+        });
     }
 
     fn symlink(
@@ -315,13 +365,15 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         gated!(self, req, reply);
-        let c = ctx(req);
-        reply_entry(
-            reply,
-            self.core.dir_op(parent.0, |v, p| {
-                v.symlink(p, link_name.as_bytes(), target.as_os_str().as_bytes(), &c)
-            }),
-        );
+        guarded("symlink", req.pid(), move || {
+            let c = ctx(req);
+            reply_entry(
+                reply,
+                self.core.dir_op(parent.0, |v, p| {
+                    v.symlink(p, link_name.as_bytes(), target.as_os_str().as_bytes(), &c)
+                }),
+            );
+        });
     }
 
     fn rename(
@@ -335,17 +387,19 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         gated!(self, req, reply);
-        reply_empty(
-            reply,
-            self.core.rename(
-                parent.0,
-                name.as_bytes(),
-                newparent.0,
-                newname.as_bytes(),
-                flags.bits(),
-                &ctx(req),
-            ),
-        );
+        guarded("rename", req.pid(), move || {
+            reply_empty(
+                reply,
+                self.core.rename(
+                    parent.0,
+                    name.as_bytes(),
+                    newparent.0,
+                    newname.as_bytes(),
+                    flags.bits(),
+                    &ctx(req),
+                ),
+            );
+        });
     }
 
     fn link(
@@ -357,19 +411,23 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         gated!(self, req, reply);
-        reply_entry(
-            reply,
-            self.core
-                .link(ino.0, newparent.0, newname.as_bytes(), &ctx(req)),
-        );
+        guarded("link", req.pid(), move || {
+            reply_entry(
+                reply,
+                self.core
+                    .link(ino.0, newparent.0, newname.as_bytes(), &ctx(req)),
+            );
+        });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
         gated!(self, req, reply);
-        match self.core.open(ino.0, OpenFlags(flags.0), &ctx(req)) {
-            Ok((fh, opts)) => reply.opened(FileHandle(fh), fopen(opts)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("open", req.pid(), move || {
+            match self.core.open(ino.0, OpenFlags(flags.0), &ctx(req)) {
+                Ok((fh, opts)) => reply.opened(FileHandle(fh), fopen(opts)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn read(
@@ -384,17 +442,19 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         gated!(self, req, reply);
-        // One buffer per FUSE thread, reused: fresh memory for every read
-        // would be allocated, faulted in and zeroed each time.
-        thread_local! {
-            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        BUF.with(|b| {
-            let mut buf = b.borrow_mut();
-            match self.core.read(fh.0, offset, size, &mut buf) {
-                Ok(()) => reply.data(&buf),
-                Err(e) => reply.error(errno(&e)),
+        guarded("read", req.pid(), move || {
+            // One buffer per FUSE thread, reused: fresh memory for every read
+            // would be allocated, faulted in and zeroed each time.
+            thread_local! {
+                static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
             }
+            BUF.with(|b| {
+                let mut buf = b.borrow_mut();
+                match self.core.read(fh.0, offset, size, &mut buf) {
+                    Ok(()) => reply.data(&buf),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            });
         });
     }
 
@@ -411,15 +471,17 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         gated!(self, req, reply);
-        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
-            && let Err(e) = self.core.kill_privs(fh.0, &ctx(req))
-        {
-            return reply.error(errno(&e));
-        }
-        match self.core.write(fh.0, offset, data, lock_owner.map(|o| o.0)) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("write", req.pid(), move || {
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+                && let Err(e) = self.core.kill_privs(fh.0, &ctx(req))
+            {
+                return reply.error(errno(&e));
+            }
+            match self.core.write(fh.0, offset, data, lock_owner.map(|o| o.0)) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn flush(
@@ -431,7 +493,9 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         gated!(self, req, reply);
-        reply_empty(reply, self.core.flush(fh.0, lock_owner.0));
+        guarded("flush", req.pid(), move || {
+            reply_empty(reply, self.core.flush(fh.0, lock_owner.0));
+        });
     }
 
     fn release(
@@ -445,7 +509,9 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         gated!(self, req, reply);
-        reply_empty(reply, self.core.release(fh.0));
+        guarded("release", req.pid(), move || {
+            reply_empty(reply, self.core.release(fh.0));
+        });
     }
 
     fn fsync(
@@ -457,24 +523,28 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         gated!(self, req, reply);
-        reply_empty(reply, self.core.fsync(fh.0, datasync));
+        guarded("fsync", req.pid(), move || {
+            reply_empty(reply, self.core.fsync(fh.0, datasync));
+        });
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
         gated!(self, req, reply);
-        match self.core.opendir(ino.0) {
-            // A fixed listing is cached by the kernel only when it carries
-            // attributes: a names-only listing in the cache would cost a
-            // later `ls -l` a LOOKUP per entry. KEEP_CACHE leaves a cached
-            // listing in place for the next reader either way.
-            Ok(true) if self.advice.wants_file_attrs(req.pid()) => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Ok(true) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok(false) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("opendir", req.pid(), move || {
+            match self.core.opendir(ino.0) {
+                // A fixed listing is cached by the kernel only when it carries
+                // attributes: a names-only listing in the cache would cost a
+                // later `ls -l` a LOOKUP per entry. KEEP_CACHE leaves a cached
+                // listing in place for the next reader either way.
+                Ok(true) if self.advice.wants_file_attrs(req.pid()) => reply.opened(
+                    FileHandle(0),
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                ),
+                Ok(true) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok(false) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn readdir(
@@ -486,18 +556,20 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectory,
     ) {
         gated!(self, req, reply);
-        let r = self.core.readdir(ino.0, offset, &mut |e| {
-            !reply.add(
-                INodeNo(e.attr.ino),
-                e.next,
-                kind(e.attr.kind),
-                OsStr::from_bytes(e.name),
-            )
+        guarded("readdir", req.pid(), move || {
+            let r = self.core.readdir(ino.0, offset, &mut |e| {
+                !reply.add(
+                    INodeNo(e.attr.ino),
+                    e.next,
+                    kind(e.attr.kind),
+                    OsStr::from_bytes(e.name),
+                )
+            });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
     }
 
     fn readdirplus(
@@ -509,28 +581,30 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         gated!(self, req, reply);
-        let file_attrs = self.advice.wants_file_attrs(req.pid());
-        let r = self.core.readdir(ino.0, offset, &mut |e| {
-            let ttl = self.core.ttl_of(e.attr.ino);
-            // Node ID 0: the entry's name and type only (see advice.rs).
-            let node = if file_attrs || e.attr.kind == FileKind::Dir {
-                e.attr.ino
-            } else {
-                0
-            };
-            !reply.add(
-                INodeNo(node),
-                e.next,
-                OsStr::from_bytes(e.name),
-                &ttl,
-                &fattr(&e.attr),
-                Generation(0),
-            )
+        guarded("readdirplus", req.pid(), move || {
+            let file_attrs = self.advice.wants_file_attrs(req.pid());
+            let r = self.core.readdir(ino.0, offset, &mut |e| {
+                let ttl = self.core.ttl_of(e.attr.ino);
+                // Node ID 0: the entry's name and type only (see advice.rs).
+                let node = if file_attrs || e.attr.kind == FileKind::Dir {
+                    e.attr.ino
+                } else {
+                    0
+                };
+                !reply.add(
+                    INodeNo(node),
+                    e.next,
+                    OsStr::from_bytes(e.name),
+                    &ttl,
+                    &fattr(&e.attr),
+                    Generation(0),
+                )
+            });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
     }
 
     fn releasedir(
@@ -542,8 +616,10 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         gated!(self, req, reply);
-        self.core.releasedir(ino.0);
-        reply.ok();
+        guarded("releasedir", req.pid(), move || {
+            self.core.releasedir(ino.0);
+            reply.ok();
+        });
     }
 
     fn fsyncdir(
@@ -555,17 +631,19 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         gated!(self, req, reply);
-        reply.ok();
+        guarded("fsyncdir", req.pid(), move || {
+            reply.ok();
+        });
     }
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         gated!(self, req, reply);
-        match self.core.statfs(ino.0) {
+        guarded("statfs", req.pid(), move || match self.core.statfs(ino.0) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn setxattr(
@@ -579,44 +657,55 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         gated!(self, req, reply);
-        reply_empty(
-            reply,
-            self.core
-                .setxattr(ino.0, name.as_bytes(), value, flags, &ctx(req)),
-        );
+        guarded("setxattr", req.pid(), move || {
+            reply_empty(
+                reply,
+                self.core
+                    .setxattr(ino.0, name.as_bytes(), value, flags, &ctx(req)),
+            );
+        });
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         gated!(self, req, reply);
-        // `ls -l` asks every file for its SELinux label and ACL. fsd stores
-        // neither namespace, so answer without touching the core: this is
-        // most of the cost of `ls -lR`.
-        let n = name.as_bytes();
-        if n.starts_with(b"security.") || n.starts_with(b"system.") {
-            return reply.error(Errno::ENODATA);
-        }
-        reply_xattr(reply, size, self.core.getxattr(ino.0, name.as_bytes()));
+        guarded("getxattr", req.pid(), move || {
+            // `ls -l` asks every file for its SELinux label and ACL. fsd stores
+            // neither namespace, so answer without touching the core: this is
+            // most of the cost of `ls -lR`.
+            let n = name.as_bytes();
+            if n.starts_with(b"security.") || n.starts_with(b"system.") {
+                return reply.error(Errno::ENODATA);
+            }
+            if self.test_panic && n == TEST_PANIC_XATTR {
+                panic!("test panic: getxattr user.fsd.test-panic with FSD_TEST_PANIC=1");
+            }
+            reply_xattr(reply, size, self.core.getxattr(ino.0, name.as_bytes()));
+        });
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         gated!(self, req, reply);
-        let r = self.core.listxattr(ino.0).map(|names| {
-            let mut out = Vec::new();
-            for n in names {
-                out.extend_from_slice(&n);
-                out.push(0);
-            }
-            out
+        guarded("listxattr", req.pid(), move || {
+            let r = self.core.listxattr(ino.0).map(|names| {
+                let mut out = Vec::new();
+                for n in names {
+                    out.extend_from_slice(&n);
+                    out.push(0);
+                }
+                out
+            });
+            reply_xattr(reply, size, r);
         });
-        reply_xattr(reply, size, r);
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         gated!(self, req, reply);
-        reply_empty(
-            reply,
-            self.core.removexattr(ino.0, name.as_bytes(), &ctx(req)),
-        );
+        guarded("removexattr", req.pid(), move || {
+            reply_empty(
+                reply,
+                self.core.removexattr(ino.0, name.as_bytes(), &ctx(req)),
+            );
+        });
     }
 
     fn create(
@@ -630,19 +719,21 @@ impl Filesystem for FuseFs {
         reply: ReplyCreate,
     ) {
         gated!(self, req, reply);
-        match self.core.create(
-            parent.0,
-            name.as_bytes(),
-            mode,
-            umask,
-            OpenFlags(flags),
-            &ctx(req),
-        ) {
-            Ok((a, ttl, fh, opts)) => {
-                reply.created(&ttl, &fattr(&a), Generation(0), FileHandle(fh), fopen(opts))
+        guarded("create", req.pid(), move || {
+            match self.core.create(
+                parent.0,
+                name.as_bytes(),
+                mode,
+                umask,
+                OpenFlags(flags),
+                &ctx(req),
+            ) {
+                Ok((a, ttl, fh, opts)) => {
+                    reply.created(&ttl, &fattr(&a), Generation(0), FileHandle(fh), fopen(opts))
+                }
+                Err(e) => reply.error(errno(&e)),
             }
-            Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn fallocate(
@@ -656,7 +747,9 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         gated!(self, req, reply);
-        reply_empty(reply, self.core.fallocate(fh.0, offset, length, mode));
+        guarded("fallocate", req.pid(), move || {
+            reply_empty(reply, self.core.fallocate(fh.0, offset, length, mode));
+        });
     }
 
     fn lseek(
@@ -669,13 +762,15 @@ impl Filesystem for FuseFs {
         reply: ReplyLseek,
     ) {
         gated!(self, req, reply);
-        if offset < 0 {
-            return reply.error(Errno::ENXIO);
-        }
-        match self.core.lseek(ino.0, offset as u64, whence) {
-            Ok(o) => reply.offset(o as i64),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("lseek", req.pid(), move || {
+            if offset < 0 {
+                return reply.error(Errno::ENXIO);
+            }
+            match self.core.lseek(ino.0, offset as u64, whence) {
+                Ok(o) => reply.offset(o as i64),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn copy_file_range(
@@ -692,12 +787,14 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         gated!(self, req, reply);
-        match self
-            .core
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("copy_file_range", req.pid(), move || {
+            match self
+                .core
+                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+            {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 }

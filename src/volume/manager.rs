@@ -902,16 +902,34 @@ impl Manager {
                     ),
                 ));
             }
-            self.core.unregister(rec.slot);
-            self.invalidate(&m.info.read());
         }
-        {
+        // Out of the namespace while its rows go, so no request opens a file
+        // of it meanwhile; but the kernel's entries are dropped only after
+        // the commit, and if the commit fails (a full disk) the volume is
+        // put back as it was: a failed destroy changes nothing anyone sees.
+        let fenced = self.core.unregister(rec.slot);
+        let committed = (|| -> Result<()> {
             let mut conn = self.catalog.conn();
             let tx = conn.transaction()?;
             native_meta::delete_volume_data(&tx, rec.slot)?;
             tx.execute("DELETE FROM treehashes WHERE slot = ?1", [rec.slot])?;
             tx.execute("DELETE FROM volumes WHERE slot = ?1", [rec.slot])?;
             tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = committed {
+            if let Some(m) = fenced
+                && let Err(r) = self.core.register(m)
+            {
+                tracing::error!(
+                    "{}: destroy failed and the volume could not be put back: {r}",
+                    rec.id
+                );
+            }
+            return Err(e);
+        }
+        if let Some(m) = fenced {
+            self.invalidate(&m.info.read());
         }
         native_file::collect(&self.native);
         let _ = self.catalog.event(Some(&rec.id), "info", "destroyed");
