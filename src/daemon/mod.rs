@@ -389,6 +389,7 @@ fn attach_at_start(manager: &Manager, paths: &[PathBuf]) -> std::result::Result<
             .attach(
                 path,
                 None,
+                None,
                 crate::volume::manager::FormatChoice::Auto,
                 &caller,
                 &mut |_, _| {},
@@ -628,7 +629,10 @@ fn finish(
     Ok(Started {
         catalog,
         attached,
-        _control: socket.serve(service),
+        _control: socket.serve(
+            service,
+            crate::control::server::Limits::from_config(&opts.config.control),
+        ),
     })
 }
 

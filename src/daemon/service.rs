@@ -1,5 +1,6 @@
 //! The daemon's control service: turns socket requests into manager calls.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -99,6 +100,7 @@ impl Handler for Service {
         &self,
         req: Request,
         caller: &Caller,
+        passed: Option<OwnedFd>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<serde_json::Value> {
         match req {
@@ -108,6 +110,7 @@ impl Handler for Service {
             })),
             Request::Attach { path, name, format } => json(self.manager.attach(
                 Path::new(&path),
+                passed,
                 name.as_deref(),
                 format,
                 caller,
@@ -126,7 +129,7 @@ impl Handler for Service {
             Request::OffloadWrite(r) => json(self.offload.write(&r, caller)?),
             Request::TokenList => json(self.offload.list(caller)?),
             Request::TokenStatus { token } => json(self.offload.status(&token)?),
-            Request::TokenRevoke { token } => json(self.offload.revoke(&token)?),
+            Request::TokenRevoke { token } => json(self.offload.revoke(&token, caller)?),
             Request::TokenLimits => json(self.offload.limits()),
         }
     }
