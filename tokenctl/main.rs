@@ -217,7 +217,9 @@ fn open_medium(path: &std::path::Path) -> Result<(PathBuf, std::fs::File), Error
     use std::os::unix::fs::OpenOptionsExt;
     let shown = path.display();
     let refused = |what: &str, e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::new(ErrorKind::NotFound, format!("{shown}: no such file")),
+        std::io::ErrorKind::NotFound => {
+            Error::new(ErrorKind::NotFound, format!("{shown}: no such file"))
+        }
         std::io::ErrorKind::PermissionDenied => Error::new(
             ErrorKind::PermissionDenied,
             format!(
@@ -235,7 +237,10 @@ fn open_medium(path: &std::path::Path) -> Result<(PathBuf, std::fs::File), Error
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&abs)
         .map_err(|e| refused("open", e))?;
-    let _ = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
+    let _ = nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    );
     Ok((abs, file))
 }
 

@@ -329,9 +329,9 @@ impl Core {
         // The medium file's owner and read bits, so the kernel lets read it
         // through the mount exactly those who may read the file itself.
         let base = self.dir_attr(MEDIA_BASE | u64::from(m.slot), 1);
-        let (uid, gid, perm) = medium
-            .owner()
-            .map_or((base.uid, base.gid, 0o444), |o| (o.uid, o.gid, o.perm & 0o444));
+        let (uid, gid, perm) = medium.owner().map_or((base.uid, base.gid, 0o444), |o| {
+            (o.uid, o.gid, o.perm & 0o444)
+        });
         Some(Attr {
             kind: FileKind::File,
             size: medium.size(),

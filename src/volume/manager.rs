@@ -89,9 +89,7 @@ fn open_medium(
 ) -> Result<(PathBuf, MediumFile, std::fs::Metadata)> {
     match passed {
         Some(fd) => open_passed(path, fd),
-        None if caller.uid == 0 || caller.uid == nix::unistd::geteuid().as_raw() => {
-            open_path(path)
-        }
+        None if caller.uid == 0 || caller.uid == nix::unistd::geteuid().as_raw() => open_path(path),
         None => Err(Error::new(
             ErrorKind::PermissionDenied,
             format!(
