@@ -81,6 +81,35 @@ impl Limits {
     }
 }
 
+/// Descriptors one connection can hold at once: its socket, the descriptor
+/// passed with its request, and the ones a single `recvmsg` may bring in
+/// before the extras are closed.
+const FDS_PER_CONNECTION: usize = 2 + FDS_PER_RECV;
+
+impl Limits {
+    /// Shrinks the connection limits, if need be, so that control
+    /// connections can hold at most a quarter of the open-file limit
+    /// (`soft`): the rest stays for the mount, the chunk store and the
+    /// catalog whatever local users do with the socket.
+    pub fn fit_descriptors(mut self, soft: u64) -> Self {
+        let budget = (soft / 4) as usize / FDS_PER_CONNECTION;
+        if self.max_connections + self.root_connections > budget {
+            let root = self.root_connections.min(budget / 4).max(1);
+            let others = budget.saturating_sub(root).max(1);
+            tracing::warn!(
+                "control socket: the open-file limit ({soft}) allows {others} connections \
+                 from users and {root} from root, not the {} and {} configured",
+                self.max_connections,
+                self.root_connections
+            );
+            self.root_connections = root;
+            self.max_connections = others;
+            self.max_per_uid = self.max_per_uid.min(others);
+        }
+        self
+    }
+}
+
 /// A bound control socket; the file is removed when this is dropped.
 pub struct Server {
     listener: UnixListener,
@@ -118,6 +147,10 @@ impl Server {
         std::thread::Builder::new()
             .name("fsd-control".into())
             .spawn(move || {
+                let soft =
+                    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                        .map_or(1024, |(soft, _)| soft);
+                let limits = limits.fit_descriptors(soft);
                 accept_loop(&self.listener, handler, Arc::new(limits));
                 drop(self);
             })
@@ -638,6 +671,22 @@ mod tests {
     }
 
     #[test]
+    fn connections_fit_in_a_quarter_of_the_descriptors() {
+        let l = Limits {
+            max_connections: 64,
+            max_per_uid: 8,
+            root_connections: 16,
+            ..limits()
+        };
+        let same = l.clone().fit_descriptors(1 << 20);
+        assert_eq!((same.max_connections, same.root_connections), (64, 16));
+        let small = l.fit_descriptors(256);
+        let total = small.max_connections + small.root_connections;
+        assert!(total * FDS_PER_CONNECTION <= 64, "{small:?}");
+        assert!(small.root_connections >= 1 && small.max_per_uid <= small.max_connections);
+    }
+
+    #[test]
     fn slots_bound_each_uid_all_users_and_root_separately() {
         let counts = Arc::new(Mutex::new(Counts::default()));
         let l = limits();
@@ -657,6 +706,6 @@ mod tests {
         // A slot given back can be taken again.
         drop(a1);
         assert!(take_slot(&counts, &l, 1002).is_ok());
-        assert!(counts.lock().by_uid.get(&1002).is_none(), "dropped again");
+        assert!(!counts.lock().by_uid.contains_key(&1002), "dropped again");
     }
 }
