@@ -280,6 +280,41 @@ fn attach_takes_the_callers_own_open() {
     assert_eq!(r["type"], "ok", "{r}");
 }
 
+/// A volume is reattached at start-up by its remembered path, opened with
+/// the daemon's rights; a symlink swapped in by the user who attached it
+/// must not make it mount a file that user cannot read.
+#[test]
+fn reattach_does_not_follow_a_symlink_swapped_in() {
+    let Some((mut d, _)) = open_daemon(None) else {
+        return;
+    };
+    let rootdir = d.dir.path().join("rootdir");
+    std::fs::create_dir(&rootdir).unwrap();
+    std::fs::set_permissions(&rootdir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let secret = archive(&rootdir, "secret.tar", b"root's secret\n", 0o644);
+    let home = d.dir.path().join("nobody");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+    let mine = archive(&home, "x.tar", b"nobody's own\n", 0o644);
+    let o = tokenctl_as(&d, NOBODY, &["attach", mine.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    d.stop();
+    let o = as_user(NOBODY, "ln")
+        .arg("-sf")
+        .arg(&secret)
+        .arg(&mine)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    d.spawn();
+    let vols = d.json(&["volumes"]);
+    assert_eq!(vols[0]["id"], id.as_str());
+    assert_eq!(vols[0]["state"], "missing", "{vols}");
+    assert!(std::fs::read(d.vol(&id).join("hello")).is_err());
+    assert!(d.log_text().contains("not to itself"));
+}
+
 #[test]
 fn media_files_carry_the_mediums_owner_and_mode() {
     let Some((d, _)) = open_daemon(None) else {

@@ -996,6 +996,22 @@ impl Manager {
         let path = PathBuf::from(rec.medium_path.clone().unwrap_or_default());
         let (_, medium, meta) = open_path(&path)?;
         let label = path.display().to_string();
+        // The remembered path is opened with the daemon's rights, so it
+        // must still name the medium itself: a symlink put in its place, or
+        // in place of a directory on the way, by a user who can write there
+        // would otherwise mount whatever it points to, read as root, under
+        // that user's volume.
+        let named = std::fs::read_link(format!("/proc/self/fd/{}", medium.file.as_raw_fd()));
+        if named.as_deref().ok() != Some(path.as_path()) {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{label}: now resolves to {}, not to itself (a symlink put in its place?); \
+                     attach the file again",
+                    named.map_or_else(|e| e.to_string(), |n| n.display().to_string())
+                ),
+            ));
+        }
         let id = self.ids.id(&medium, &meta, &label)?;
         let mut rec = rec.clone();
         let index = match self.stored_index(&rec, &id) {
