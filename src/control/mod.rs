@@ -8,7 +8,10 @@
 //!
 //! The socket is reachable by every local user; each request is authorised
 //! with the caller's uid and gid from SO_PEERCRED, never with anything the
-//! message claims.
+//! message claims. A request may carry one descriptor (SCM_RIGHTS, sent with
+//! the frame's first bytes): `attach` passes the medium the client opened
+//! with its own rights. What a connection may cost the daemon (connections
+//! per uid, timeouts, request size) is bounded in [`server`].
 
 pub mod client;
 pub mod server;
