@@ -510,6 +510,110 @@ fn thousands_of_idle_and_slow_connections_do_not_lock_anyone_out() {
     assert!((1..=10).contains(&refusals), "{refusals} refusal lines");
 }
 
+/// When the daemon has no descriptor left (its limit lowered under it with
+/// prlimit while nobody holds connections), accept backs off, every waiting
+/// client gets an answer instead of hanging, the log stays small, and the
+/// mount keeps serving.
+#[test]
+fn out_of_descriptors_the_accept_loop_backs_off_and_answers() {
+    if !have("prlimit") {
+        eprintln!("prlimit missing; skipping");
+        return;
+    }
+    let Some((d, helper)) = open_daemon(None) else {
+        return;
+    };
+    let dir = d.dir.path().join("a");
+    std::fs::create_dir(&dir).unwrap();
+    let data = pattern(8, 300_000);
+    let id = d.attach(&archive(&dir, "a.tar", &data, 0o644));
+    assert_eq!(std::fs::read(d.vol(&id).join("hello")).unwrap(), data);
+    let pid = d.pid().to_string();
+    let limit = |n: usize| {
+        run(Command::new("prlimit")
+            .arg("--pid")
+            .arg(&pid)
+            .arg(format!("--nofile={n}:")));
+    };
+    // Only the soft limit changes, so it can be raised back without
+    // CAP_SYS_RESOURCE; fsd started with it at the hard limit.
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let log_before = std::fs::metadata(&d.log).unwrap().len();
+    // nobody holds its 8 connections; then the daemon has not one
+    // descriptor to spare beyond the one it keeps for this.
+    let (flood, n) = Flood::start(&d, &helper, NOBODY, "flood", 20);
+    assert_eq!(n, 20);
+    let mut fds = open_fds(d.pid());
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = open_fds(d.pid());
+        if now == fds {
+            break;
+        }
+        fds = now;
+    }
+    limit(fds);
+    // More connections wait in the queue meanwhile.
+    let (flood2, _) = Flood::start(&d, &helper, 1000, "flood", 20);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Root's tokenctl is answered (not left hanging) and told why.
+    let mut child = Command::new(TOKENCTL)
+        .arg("--state")
+        .arg(&d.state)
+        .arg("volumes")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let listing = || {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|p| p.display().to_string())
+            .collect();
+        v.sort();
+        format!("{fds} counted, now {}: {v:?}", v.len())
+    };
+    let mut waited = 0;
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            waited < 300,
+            "tokenctl hangs while fsd is out of descriptors; {}",
+            listing()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        waited += 1;
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}; {}", listing());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("out of file descriptors"),
+        "{o:?}"
+    );
+    // The mount still serves what it has open.
+    assert_eq!(std::fs::read(d.vol(&id).join("hello")).unwrap(), data);
+    // A few lines, not a hot loop.
+    let grown = std::fs::metadata(&d.log).unwrap().len() - log_before;
+    assert!(grown < 16 << 10, "log grew by {grown} bytes");
+    let lines = d.log_text().matches("out of file descriptors").count();
+    assert!((1..=3).contains(&lines), "{lines} lines");
+
+    flood.close();
+    flood2.close();
+    limit(hard as usize);
+    let mut ok = false;
+    for _ in 0..100 {
+        if tokenctl_as(&d, NOBODY, &["volumes"]).status.success() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "nobody's tokenctl works once descriptors are free");
+}
+
 /// One raw request frame to the daemon as root; returns the reply.
 fn raw(stream: &mut UnixStream, bytes: &[u8]) -> serde_json::Value {
     // The daemon may answer before it has read everything.

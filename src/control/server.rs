@@ -23,8 +23,10 @@
 //!   kept per request; any other is closed as soon as it is received. When
 //!   accept fails for lack of descriptors (EMFILE/ENFILE) the loop backs off
 //!   exponentially, logs once per interval, and uses a spare descriptor it
-//!   keeps for that purpose to accept and close the waiting connection, so
-//!   the listen queue cannot spin the loop.
+//!   keeps for that purpose to answer and close the waiting connections, so
+//!   the listen queue cannot spin the loop and no client hangs in it. The
+//!   connection limits are shrunk at start, if need be, so that the control
+//!   socket can hold at most a quarter of the open-file limit.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -309,19 +311,13 @@ fn accept_loop(listener: &UnixListener, handler: Arc<dyn Handler>, limits: Arc<L
                                  connections and backing off ({n} more since the last report)"
                             );
                         }
-                        // Shed the connection at the head of the queue with
-                        // the spare descriptor, so the queue drains instead
-                        // of waking this loop again at once.
+                        // With the spare descriptor freed, answer and close
+                        // every waiting connection (as libuv does), so each
+                        // client learns why at once instead of hanging in
+                        // the queue, and the queue cannot wake this loop
+                        // again at once.
                         if spare.take().is_some() {
-                            if let Ok((s, _)) = listener.accept() {
-                                refuse(
-                                    s,
-                                    &Error::new(
-                                        ErrorKind::Unavailable,
-                                        "fsd is out of file descriptors; try again shortly",
-                                    ),
-                                );
-                            }
+                            shed(listener);
                             spare = spare_fd();
                         }
                     }
@@ -380,6 +376,28 @@ fn accept_loop(listener: &UnixListener, handler: Arc<dyn Handler>, limits: Arc<L
             }
         }
     }
+}
+
+/// Most connections answered and closed in one go while out of descriptors.
+const SHED_MAX: usize = 4096;
+
+/// Accepts, answers with an error and closes the connections waiting in
+/// the listen queue, without blocking. Needs one free descriptor.
+fn shed(listener: &UnixListener) {
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    let e = Error::new(
+        ErrorKind::Unavailable,
+        "fsd is out of file descriptors; try again shortly",
+    );
+    for _ in 0..SHED_MAX {
+        match listener.accept() {
+            Ok((s, _)) => refuse(s, &e),
+            Err(_) => break,
+        }
+    }
+    let _ = listener.set_nonblocking(false);
 }
 
 /// Sends `e` as the only frame of a connection that will not be served,
