@@ -318,8 +318,10 @@ fn accept_loop(listener: &UnixListener, handler: Arc<dyn Handler>, limits: Arc<L
                         // again at once.
                         if spare.take().is_some() {
                             shed(listener);
-                            spare = spare_fd();
                         }
+                        // Taken back at once, or on a later round if another
+                        // thread took the descriptor first.
+                        spare = spare_fd();
                     }
                     _ => {
                         if let Some(n) = other.hit(Instant::now()) {
