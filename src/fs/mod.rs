@@ -326,8 +326,8 @@ impl Core {
 
     fn media_attr(&self, m: &Mounted) -> Option<Attr> {
         let medium = m.medium.as_ref()?;
-        // The medium file's owner and read bits, so the kernel lets read it
-        // through the mount exactly those who may read the file itself.
+        // The medium file's owner and read bits: the kernel then lets read it
+        // through the mount exactly the users who may read the file itself.
         let base = self.dir_attr(MEDIA_BASE | u64::from(m.slot), 1);
         let (uid, gid, perm) = medium.owner().map_or((base.uid, base.gid, 0o444), |o| {
             (o.uid, o.gid, o.perm & 0o444)
