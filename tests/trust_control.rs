@@ -66,6 +66,15 @@ if mode == "call":
     else:
         s.sendall(frame(req))
     print(json.dumps(reply(s)))
+elif mode == "fail":
+    # N requests that fail, one after another on one connection.
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    codes = set()
+    for i in range(int(sys.argv[3])):
+        s.sendall(frame({"op": "detach", "volume": "no-such-volume"}))
+        codes.add(reply(s)["code"])
+    print(" ".join(sorted(codes)))
 elif mode in ("flood", "slow"):
     n = int(sys.argv[3])
     conns = []
@@ -612,6 +621,47 @@ fn out_of_descriptors_the_accept_loop_backs_off_and_answers() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(ok, "nobody's tokenctl works once descriptors are free");
+}
+
+/// Any user can make requests fail as fast as the daemon answers; the log
+/// lines about them are rate-limited.
+#[test]
+fn a_stream_of_failing_requests_keeps_the_log_small() {
+    let Some((d, helper)) = open_daemon(None) else {
+        return;
+    };
+    let before = std::fs::metadata(&d.log).unwrap().len();
+    let o = as_user(NOBODY, PYTHON)
+        .arg(&helper)
+        .arg("fail")
+        .arg(sock(&d))
+        .arg("5000")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "not_found");
+    let grown = std::fs::metadata(&d.log).unwrap().len() - before;
+    let lines = d
+        .log_text()
+        .matches("control request detach failed")
+        .count();
+    assert!(lines >= 1, "failures are still logged");
+    assert!(
+        grown < 64 << 10,
+        "log grew by {grown} bytes ({lines} lines)"
+    );
+    // Root's failures are all logged.
+    for _ in 0..3 {
+        assert_eq!(
+            d.tokenctl(&["detach", "no-such-volume"]).status.code(),
+            Some(4)
+        );
+    }
+    let after = d
+        .log_text()
+        .matches("control request detach failed")
+        .count();
+    assert_eq!(after, lines + 3);
 }
 
 /// One raw request frame to the daemon as root; returns the reply.

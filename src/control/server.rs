@@ -453,7 +453,7 @@ fn serve_conn(stream: UnixStream, caller: &Caller, handler: &dyn Handler, limits
                 match handler.handle(req, caller, passed, &mut progress) {
                     Ok(result) => Reply::Ok { result },
                     Err(e) => {
-                        tracing::info!(uid = caller.uid, "control request {op} failed: {e}");
+                        log_failure(caller, op, &e);
                         error_reply(&e)
                     }
                 }
@@ -466,6 +466,25 @@ fn serve_conn(stream: UnixStream, caller: &Caller, handler: &dyn Handler, limits
         send(&reply);
         if dead.get() {
             return;
+        }
+    }
+}
+
+/// Failed requests of non-root users, logged at most ten a second in all:
+/// any user can make requests fail as fast as the daemon answers them.
+static FAILURES: Mutex<Throttle> = Mutex::new(Throttle::new(Duration::from_millis(100)));
+
+fn log_failure(caller: &Caller, op: &str, e: &Error) {
+    if caller.uid == 0 {
+        tracing::info!(uid = caller.uid, "control request {op} failed: {e}");
+    } else if let Some(n) = FAILURES.lock().hit(Instant::now()) {
+        if n == 0 {
+            tracing::info!(uid = caller.uid, "control request {op} failed: {e}");
+        } else {
+            tracing::info!(
+                uid = caller.uid,
+                "control request {op} failed: {e} ({n} failures not logged before it)"
+            );
         }
     }
 }
