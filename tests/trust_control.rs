@@ -289,6 +289,54 @@ fn attach_takes_the_callers_own_open() {
     assert_eq!(r["type"], "ok", "{r}");
 }
 
+/// A medium on another FUSE filesystem (whose server a user may run) is for
+/// root only; one stored in this fsd's own volumes is fine.
+#[test]
+fn media_on_foreign_fuse_mounts_are_for_root_only() {
+    let Some((d, _)) = open_daemon(None) else {
+        return;
+    };
+    let other = Daemon::start();
+    std::fs::set_permissions(other.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let src = d.dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let tar = archive(&src, "a.tar", b"stored in a volume\n", 0o644);
+    let put = |dd: &Daemon| {
+        let vol = dd.vol(dd.ok(&["create", "v"]).trim());
+        let p = vol.join("a.tar");
+        std::fs::copy(&tar, &p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        p
+    };
+    let (own, foreign) = (put(&d), put(&other));
+    let o = tokenctl_as(&d, NOBODY, &["attach", foreign.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("another FUSE filesystem"),
+        "{o:?}"
+    );
+    let o = tokenctl_as(
+        &d,
+        NOBODY,
+        &["attach", own.to_str().unwrap(), "--name", "own"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        std::fs::read(d.mnt.join("volumes/own/hello")).unwrap(),
+        b"stored in a volume\n"
+    );
+    // Root may.
+    d.ok(&["attach", foreign.to_str().unwrap(), "--name", "foreign"]);
+    assert_eq!(
+        std::fs::read(d.mnt.join("volumes/foreign/hello")).unwrap(),
+        b"stored in a volume\n"
+    );
+    d.ok(&["detach", "foreign"]);
+    // Closes the medium held open in fsd's own mount while fsd still serves
+    // it: a daemon that exits holding one waits forever on its own flush.
+    d.ok(&["detach", "own"]);
+}
+
 /// A volume is reattached at start-up by its remembered path, opened with
 /// the daemon's rights; a symlink swapped in by the user who attached it
 /// must not make it mount a file that user cannot read.

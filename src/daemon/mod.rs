@@ -601,6 +601,7 @@ fn finish(
         attached,
     } = loaded;
     let entries = mounted.entries.clone();
+    manager.set_mountpoint(&mounted.mountpoint);
     manager.set_invalidator(Box::new(move |parent, name| {
         let _ = entries.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::from_bytes(name));
     }));

@@ -276,6 +276,11 @@ pub struct Manager {
     invalidator: RwLock<Option<Invalidator>>,
     /// Medium identities computed ahead during start-up.
     ids: Arc<Primed>,
+    /// This daemon's own mountpoint and, once looked up, its device: media
+    /// stored in fsd's own volumes are the only FUSE-backed media an
+    /// unprivileged caller may attach (see [`open_passed`]).
+    mountpoint: std::sync::OnceLock<PathBuf>,
+    mount_dev: std::sync::OnceLock<u64>,
 }
 
 impl Manager {
@@ -296,6 +301,8 @@ impl Manager {
             lock: Mutex::new(()),
             invalidator: RwLock::new(None),
             ids: Arc::new(Primed::closed()),
+            mountpoint: std::sync::OnceLock::new(),
+            mount_dev: std::sync::OnceLock::new(),
         }
     }
 
@@ -311,6 +318,22 @@ impl Manager {
 
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
+    }
+
+    /// Tells the manager where its mount is (after the mount is made).
+    pub fn set_mountpoint(&self, mountpoint: &Path) {
+        let _ = self.mountpoint.set(mountpoint.to_path_buf());
+    }
+
+    /// The device of this daemon's mount. Looked up on first use, from a
+    /// control request, never during start-up: the stat is a request to
+    /// the mount itself.
+    fn own_dev(&self) -> Option<u64> {
+        if let Some(d) = self.mount_dev.get() {
+            return Some(*d);
+        }
+        let dev = std::fs::metadata(self.mountpoint.get()?).ok()?.dev();
+        Some(*self.mount_dev.get_or_init(|| dev))
     }
 
     pub fn set_invalidator(&self, f: Invalidator) {
@@ -418,6 +441,34 @@ impl Manager {
         }
     }
 
+    /// Refuses a medium on a FUSE filesystem other than fsd's own mount.
+    /// Its server could be the caller's own program, answering reads
+    /// slowly or never while the daemon indexes the medium (holding the
+    /// attach lock) or serves it. Root may still attach such media; before
+    /// descriptor passing, the daemon could not open another user's FUSE
+    /// mount at all (FUSE refuses other users, root included).
+    fn check_not_foreign_fuse(
+        &self,
+        file: &File,
+        meta: &std::fs::Metadata,
+        canon: &Path,
+    ) -> Result<()> {
+        const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+        let fs = nix::sys::statfs::fstatfs(file)
+            .map_err(|e| Error::io(format!("{}: statfs", canon.display()), e.into()))?;
+        if fs.filesystem_type().0 as i64 != FUSE_SUPER_MAGIC || self.own_dev() == Some(meta.dev()) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "{}: permission denied (the medium is on another FUSE filesystem, whose server \
+                 could stall fsd; only root may attach it)",
+                canon.display()
+            ),
+        ))
+    }
+
     /// Attaches the medium at `path` (absolute, as the caller resolved it).
     pub fn attach(
         &self,
@@ -438,6 +489,9 @@ impl Manager {
             check_name(n)?;
         }
         let (canon, medium, meta) = open_medium(path, passed, caller)?;
+        if caller.uid != 0 && caller.uid != nix::unistd::geteuid().as_raw() {
+            self.check_not_foreign_fuse(&medium.file, &meta, &canon)?;
+        }
         let label = canon.display().to_string();
         let _guard = self.lock.lock();
         let id = self.ids.id(&medium, &meta, &label)?;
