@@ -22,6 +22,19 @@ pub struct Config {
     pub tokens: TokenConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    pub control: ControlConfig,
+}
+
+/// The control socket's bounds (see `control::server`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    pub max_connections: usize,
+    pub max_per_uid: usize,
+    pub root_connections: usize,
+    pub idle_secs: u64,
+    pub request_secs: u64,
+    pub max_request_kb: u32,
 }
 
 /// What one non-root user may make the daemon spend (issue 17): each key
@@ -134,6 +147,14 @@ impl Config {
                 native_volume_mb: 1 << 20,
                 xattr_bytes_per_inode: 128 << 10,
             },
+            control: ControlConfig {
+                max_connections: 64,
+                max_per_uid: 8,
+                root_connections: 16,
+                idle_secs: 60,
+                request_secs: 10,
+                max_request_kb: 2048,
+            },
         }
     }
 
@@ -199,6 +220,21 @@ impl Config {
         }
         if self.limits.native_volume_mb > 1 << 32 {
             return Err("limits.native_volume_mb must be at most 2^32".into());
+        }
+        let c = &self.control;
+        if c.max_connections == 0 || c.max_per_uid == 0 || c.root_connections == 0 {
+            return Err(
+                "control: max_connections, max_per_uid and root_connections must be at least 1"
+                    .into(),
+            );
+        }
+        if c.idle_secs == 0 || c.request_secs == 0 {
+            return Err("control: idle_secs and request_secs must be at least 1".into());
+        }
+        // The largest real request (an offload write of a 1024-subtoken
+        // token, hex-encoded) is just over 1 MiB.
+        if !(1100..=16384).contains(&c.max_request_kb) {
+            return Err("control.max_request_kb must be between 1100 and 16384".into());
         }
         Ok(())
     }

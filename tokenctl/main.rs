@@ -5,6 +5,7 @@ mod offload;
 mod output;
 
 use std::io::IsTerminal;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,7 +14,6 @@ use fsd::config;
 use fsd::control::Request;
 use fsd::control::client::Client;
 use fsd::error::Error;
-#[cfg(test)]
 use fsd::error::ErrorKind;
 use fsd::volume::manager::FormatChoice;
 
@@ -210,6 +210,41 @@ fn socket_path(cli: &Cli) -> PathBuf {
     config::socket_path(&state)
 }
 
+/// Resolves and opens the medium of `attach` with this user's own rights.
+/// The descriptor goes to the daemon with the request, so what may be
+/// attached is exactly what this user may open(2) for reading; the daemon
+/// checks that it is the canonical path sent alongside.
+fn open_medium(path: &std::path::Path) -> Result<(PathBuf, std::fs::File), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display();
+    let refused = |what: &str, e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::new(ErrorKind::NotFound, format!("{shown}: no such file"))
+        }
+        std::io::ErrorKind::PermissionDenied => Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "{shown}: permission denied (uid {} cannot {what} it)",
+                nix::unistd::getuid()
+            ),
+        ),
+        _ => Error::io(format!("{shown}: cannot {what} it"), e),
+    };
+    let abs = std::fs::canonicalize(path).map_err(|e| refused("resolve", e))?;
+    // O_NONBLOCK so a FIFO cannot hang the open; the daemon refuses
+    // anything but a regular file or a block device.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&abs)
+        .map_err(|e| refused("open", e))?;
+    let _ = nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    );
+    Ok((abs, file))
+}
+
 /// Runs the command; returns the exit status for outcomes that are not
 /// errors of the call itself (fsck finding problems).
 fn run(cli: &Cli) -> Result<u8, Error> {
@@ -227,8 +262,7 @@ fn run(cli: &Cli) -> Result<u8, Error> {
     let out = output::Output { json: cli.json };
     match &cli.cmd {
         Cmd::Attach { path, name, format } => {
-            let abs = std::path::absolute(path)
-                .map_err(|e| Error::io(format!("{}: cannot resolve", path.display()), e))?;
+            let (abs, medium) = open_medium(path)?;
             let req = Request::Attach {
                 path: abs.to_string_lossy().into_owned(),
                 name: name.clone(),
@@ -241,7 +275,9 @@ fn run(cli: &Cli) -> Result<u8, Error> {
             let mut bar =
                 output::Progress::new(!cli.json && std::io::stderr().is_terminal(), "indexing");
             let started = std::time::Instant::now();
-            let v = client.call(&req, &mut |done, total| bar.update(done, total));
+            let v = client.call_passing(&req, Some(medium.as_fd()), &mut |done, total| {
+                bar.update(done, total)
+            });
             bar.finish();
             out.attached(&v?, started.elapsed())?;
         }

@@ -1,10 +1,13 @@
 //! The client side of the control socket, used by `tokenctl`.
 
-use std::io::BufReader;
+use std::io::{BufReader, IoSlice, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use super::{Reply, Request, read_frame, write_frame};
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+
+use super::{Reply, Request, frame_bytes, read_frame};
 use crate::error::{Error, ErrorKind, Result};
 
 pub struct Client {
@@ -40,7 +43,58 @@ impl Client {
         req: &Request,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<serde_json::Value> {
-        write_frame(&mut self.writer, req)?;
+        self.call_passing(req, None, progress)
+    }
+
+    /// [`Client::call`], passing `fd` to the daemon with the request
+    /// (SCM_RIGHTS): `attach` sends the medium opened with the caller's own
+    /// rights, so the daemon never opens the caller's path for it.
+    pub fn call_passing(
+        &mut self,
+        req: &Request,
+        fd: Option<BorrowedFd<'_>>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<serde_json::Value> {
+        if let Err(e) = self.send(req, fd) {
+            // The daemon may have refused the connection (too many from
+            // this user) or the request (too large) before reading it all;
+            // its error frame explains that better than EPIPE does.
+            if let Ok(Some(body)) = read_frame(&mut self.reader)
+                && let Ok(Reply::Error { code, message }) = serde_json::from_slice(&body)
+            {
+                return Err(Error::new(code, message));
+            }
+            return Err(e);
+        }
+        self.reply(progress)
+    }
+
+    fn send(&mut self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<()> {
+        let buf = frame_bytes(req)?;
+        let werr = |e| Error::io("control socket: writing", e);
+        let mut sent = 0;
+        if let Some(fd) = fd {
+            let raw = [fd.as_raw_fd()];
+            let cmsg = [ControlMessage::ScmRights(&raw)];
+            sent = loop {
+                match sendmsg::<()>(
+                    self.writer.as_raw_fd(),
+                    &[IoSlice::new(&buf)],
+                    &cmsg,
+                    MsgFlags::empty(),
+                    None,
+                ) {
+                    Ok(n) => break n,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(werr(std::io::Error::from(e))),
+                }
+            };
+        }
+        self.writer.write_all(&buf[sent..]).map_err(werr)?;
+        self.writer.flush().map_err(werr)
+    }
+
+    fn reply(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<serde_json::Value> {
         loop {
             let body = read_frame(&mut self.reader)?.ok_or_else(|| {
                 Error::new(

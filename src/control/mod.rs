@@ -8,7 +8,10 @@
 //!
 //! The socket is reachable by every local user; each request is authorised
 //! with the caller's uid and gid from SO_PEERCRED, never with anything the
-//! message claims.
+//! message claims. A request may carry one descriptor (SCM_RIGHTS, sent with
+//! the frame's first bytes): `attach` passes the medium the client opened
+//! with its own rights. What a connection may cost the daemon (connections
+//! per uid, timeouts, request size) is bounded in [`server`].
 
 pub mod client;
 pub mod server;
@@ -21,8 +24,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::token::engine::{ReadRequest, WriteRequest};
 use crate::volume::manager::FormatChoice;
 
-/// Frames larger than this are refused (a token file of 4096 subtokens is
-/// 2 MiB; nothing legitimate comes close).
+/// Replies larger than this are refused by the client. The daemon's limit on
+/// requests is much lower and configurable (`control.max_request_kb`, see
+/// [`server`]); replies come from the trusted daemon and a token list can be
+/// long.
 pub const MAX_FRAME: u32 = 16 << 20;
 
 /// Requests from `tokenctl` to the daemon.
@@ -131,16 +136,22 @@ pub struct DaemonStatus {
     pub rss_peak: u64,
 }
 
-/// Writes one frame.
-pub fn write_frame(w: &mut impl Write, value: &impl Serialize) -> Result<()> {
-    let body = serde_json::to_vec(value)
+/// One frame's bytes: the length, then the JSON.
+pub fn frame_bytes(value: &impl Serialize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4];
+    serde_json::to_writer(&mut buf, value)
         .map_err(|e| Error::new(ErrorKind::Protocol, format!("encoding a message: {e}")))?;
-    if body.len() > MAX_FRAME as usize {
+    let len = buf.len() - 4;
+    if len > MAX_FRAME as usize {
         return Err(Error::new(ErrorKind::Protocol, "message too large"));
     }
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&body);
+    buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(buf)
+}
+
+/// Writes one frame.
+pub fn write_frame(w: &mut impl Write, value: &impl Serialize) -> Result<()> {
+    let buf = frame_bytes(value)?;
     w.write_all(&buf)
         .map_err(|e| Error::io("control socket: writing", e))?;
     w.flush()

@@ -392,6 +392,7 @@ fn attach_at_start(manager: &Manager, paths: &[PathBuf]) -> std::result::Result<
             .attach(
                 path,
                 None,
+                None,
                 crate::volume::manager::FormatChoice::Auto,
                 &caller,
                 &mut |_, _| {},
@@ -605,6 +606,7 @@ fn finish(
         attached,
     } = loaded;
     let entries = mounted.entries.clone();
+    manager.set_mountpoint(&mounted.mountpoint);
     manager.set_invalidator(Box::new(move |parent, name| {
         let _ = entries.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::from_bytes(name));
     }));
@@ -634,7 +636,10 @@ fn finish(
     Ok(Started {
         catalog,
         attached,
-        _control: socket.serve(service),
+        _control: socket.serve(
+            service,
+            crate::control::server::Limits::from_config(&opts.config.control),
+        ),
     })
 }
 

@@ -1,5 +1,6 @@
 //! The daemon's control service: turns socket requests into manager calls.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -114,10 +115,11 @@ impl Handler for Service {
         &self,
         req: Request,
         caller: &Caller,
+        passed: Option<OwnedFd>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<serde_json::Value> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.serve(req, caller, progress)
+            self.serve(req, caller, passed, progress)
         }))
         .unwrap_or_else(|_| {
             tracing::error!("a control request from uid {} panicked", caller.uid);
@@ -135,6 +137,7 @@ impl Service {
         &self,
         req: Request,
         caller: &Caller,
+        passed: Option<OwnedFd>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<serde_json::Value> {
         match req {
@@ -144,6 +147,7 @@ impl Service {
             })),
             Request::Attach { path, name, format } => json(self.manager.attach(
                 Path::new(&path),
+                passed,
                 name.as_deref(),
                 format,
                 caller,
@@ -173,7 +177,7 @@ impl Service {
             Request::OffloadWrite(r) => json(self.offload.write(&r, caller)?),
             Request::TokenList => json(self.offload.list(caller)?),
             Request::TokenStatus { token } => json(self.offload.status(&token)?),
-            Request::TokenRevoke { token } => json(self.offload.revoke(&token)?),
+            Request::TokenRevoke { token } => json(self.offload.revoke(&token, caller)?),
             Request::TokenLimits => json(self.offload.limits()),
         }
     }

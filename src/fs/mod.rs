@@ -326,14 +326,22 @@ impl Core {
 
     fn media_attr(&self, m: &Mounted) -> Option<Attr> {
         let medium = m.medium.as_ref()?;
+        // The medium file's owner and read bits: the kernel then lets read it
+        // through the mount exactly the users who may read the file itself.
+        let base = self.dir_attr(MEDIA_BASE | u64::from(m.slot), 1);
+        let (uid, gid, perm) = medium.owner().map_or((base.uid, base.gid, 0o444), |o| {
+            (o.uid, o.gid, o.perm & 0o444)
+        });
         Some(Attr {
             kind: FileKind::File,
             size: medium.size(),
             blocks: medium.size().div_ceil(512),
-            perm: 0o444,
+            perm,
             nlink: 1,
+            uid,
+            gid,
             blksize: Attr::BLKSIZE,
-            ..self.dir_attr(MEDIA_BASE | u64::from(m.slot), 1)
+            ..base
         })
     }
 

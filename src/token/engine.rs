@@ -982,11 +982,22 @@ impl Offload {
         Ok(row.info())
     }
 
-    /// Revokes a token (any holder of the token may).
-    pub fn revoke(&self, token_hex: &str) -> Result<TokenInfo> {
+    /// Revokes a token. Holding a token lets one redeem it, not end it for
+    /// everyone else: only the user who populated it, or root, may revoke.
+    pub fn revoke(&self, token_hex: &str, caller: &Caller) -> Result<TokenInfo> {
         let (_, row) = self.validate(token_hex)?.ok_or_else(|| {
             Error::new(ErrorKind::TokenInvalid, "the zero token cannot be revoked")
         })?;
+        if caller.uid != 0 && caller.uid != row.uid {
+            return Err(Error::new(
+                ErrorKind::NotPermitted,
+                format!(
+                    "token {}: operation not permitted (populated by uid {}; only that user \
+                     or root may revoke it)",
+                    row.id, row.uid
+                ),
+            ));
+        }
         store::end(&self.catalog, row.id, "revoked", "revoked by tokenctl")?;
         self.unwatch(row.id);
         crate::volume::native::file::collect(&self.env);

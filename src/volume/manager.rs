@@ -11,6 +11,7 @@
 //! catalog recorded; otherwise it is indexed again under the same volume ID.
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,13 +21,13 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use super::archive::index::{ArchiveIndex, IndexStats, MediumFile, Meta, ReadAt};
+use super::archive::index::{ArchiveIndex, IndexStats, MediumFile, MediumOwner, Meta, ReadAt};
 use super::archive::{self, ArchiveVolume, Format, SharedMedium};
 use super::identity::{MediumId, Primed};
 use super::native::file::{self as native_file, Env};
 use super::native::{NativeVolume, fsck, meta as native_meta};
 use crate::error::{Error, ErrorKind, Result};
-use crate::fs::perm::{self, Caller};
+use crate::fs::perm::Caller;
 use crate::fs::types::Timespec;
 use crate::fs::{Core, MEDIA_INO, Mounted, VOLUMES_INO, VolumeInfo};
 use crate::store::catalog::{Catalog, VolumeRecord};
@@ -71,17 +72,39 @@ pub struct VolumeStatus {
     pub index: Option<IndexStats>,
 }
 
-/// Opens a medium for reading after checking what it is and that `caller`
-/// may read it.
-fn open_medium(path: &Path, caller: &Caller) -> Result<(PathBuf, MediumFile, std::fs::Metadata)> {
-    let shown = path.display().to_string();
-    let canon = std::fs::canonicalize(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            Error::new(ErrorKind::NotFound, format!("{shown}: no such file"))
-        }
-        _ => Error::io(format!("{shown}: cannot resolve the path"), e),
-    })?;
-    let meta = std::fs::metadata(&canon).map_err(|e| Error::io(format!("{shown}: stat"), e))?;
+/// Opens the medium of an attach request.
+///
+/// **The caller's permission is exactly open(2)'s.** `tokenctl` opens the
+/// medium itself, with the caller's own credentials, and passes the
+/// descriptor (`passed`); the daemon never opens a path for an unprivileged
+/// caller, so a directory the caller cannot search, an ACL, an LSM or a
+/// read-only bind mount all count, and nothing can change between a check
+/// and an open. Without a descriptor only root, or the user the daemon runs
+/// as (`fsd mount --attach`), may attach: the daemon then opens the path
+/// with its own rights, which are that caller's.
+fn open_medium(
+    path: &Path,
+    passed: Option<OwnedFd>,
+    caller: &Caller,
+) -> Result<(PathBuf, MediumFile, std::fs::Metadata)> {
+    match passed {
+        Some(fd) => open_passed(path, fd),
+        None if caller.uid == 0 || caller.uid == nix::unistd::geteuid().as_raw() => open_path(path),
+        None => Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "{}: permission denied (uid {} must pass the medium's descriptor, which \
+                 tokenctl does: is it older than fsd?)",
+                path.display(),
+                caller.uid
+            ),
+        )),
+    }
+}
+
+/// Refuses what cannot be a medium: directories, FIFOs, sockets, character
+/// devices.
+fn check_kind(shown: &str, meta: &std::fs::Metadata) -> Result<()> {
     if meta.is_dir() {
         return Err(Error::new(
             ErrorKind::IsDir,
@@ -94,29 +117,123 @@ fn open_medium(path: &Path, caller: &Caller) -> Result<(PathBuf, MediumFile, std
             format!("{shown}: not a regular file or block device"),
         ));
     }
-    if !perm::may_access_meta(caller, &meta, perm::R) {
+    Ok(())
+}
+
+/// The medium from the descriptor a caller passed, after checking that it
+/// is the file the caller claims.
+///
+/// **What "claims" means.** The request names a canonical path (tokenctl
+/// resolves it with the caller's rights). The descriptor must be readable
+/// (not `O_PATH`, not write-only, which the caller could get without read
+/// permission), a regular file or a block device, and it must be that path:
+/// the kernel's name for the open file (`/proc/self/fd/N`) equals the path,
+/// and the path's device and inode equal the descriptor's. So the catalog's
+/// identity, the canonical path, is the file whose data the caller could
+/// read, and the daemon learns nothing about a path from a stat as root that
+/// the caller's own open had not already shown it. A file renamed or
+/// replaced while attaching, or a caller in another mount namespace, fails
+/// the check with a message saying so.
+fn open_passed(path: &Path, fd: OwnedFd) -> Result<(PathBuf, MediumFile, std::fs::Metadata)> {
+    let shown = path.display().to_string();
+    let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| Error::io(format!("{shown}: fcntl on the passed descriptor"), e.into()))?;
+    if flags & libc::O_PATH != 0 || flags & libc::O_ACCMODE == libc::O_WRONLY {
         return Err(Error::new(
             ErrorKind::PermissionDenied,
+            format!("{shown}: permission denied (the passed descriptor is not open for reading)"),
+        ));
+    }
+    let file = File::from(fd);
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("{shown}: stat of the passed descriptor"), e))?;
+    check_kind(&shown, &meta)?;
+    let named = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| Error::io(format!("{shown}: naming the passed descriptor"), e))?;
+    let same = named == path
+        && std::fs::metadata(path)
+            .map(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+            .unwrap_or(false);
+    if !same {
+        return Err(Error::new(
+            ErrorKind::Invalid,
             format!(
-                "{shown}: permission denied (uid {} may not read it)",
-                caller.uid
+                "{shown}: the passed descriptor is {}, not this file (renamed or replaced \
+                 while attaching, or named from another mount namespace?)",
+                named.display()
             ),
         ));
     }
+    let size = medium_size(&shown, &file, &meta)?;
+    Ok((path.to_path_buf(), MediumFile { file, size }, meta))
+}
+
+/// Size and mtime from the open descriptor, so they describe what is read.
+fn medium_size(shown: &str, file: &File, meta: &std::fs::Metadata) -> Result<u64> {
+    if meta.file_type().is_block_device() {
+        use std::io::Seek;
+        let mut f = file;
+        f.seek(std::io::SeekFrom::End(0))
+            .map_err(|e| Error::io(format!("{shown}: size of block device"), e))
+    } else {
+        Ok(meta.len())
+    }
+}
+
+/// Opens a medium by path with the daemon's own rights: for root, for the
+/// daemon's own `--attach`, and to reopen the media the catalog remembers.
+fn open_path(path: &Path) -> Result<(PathBuf, MediumFile, std::fs::Metadata)> {
+    let shown = path.display().to_string();
+    let canon = std::fs::canonicalize(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::new(ErrorKind::NotFound, format!("{shown}: no such file"))
+        }
+        _ => Error::io(format!("{shown}: cannot resolve the path"), e),
+    })?;
+    let meta = std::fs::metadata(&canon).map_err(|e| Error::io(format!("{shown}: stat"), e))?;
+    check_kind(&shown, &meta)?;
     let file = File::open(&canon).map_err(|e| Error::io(format!("{shown}: cannot open"), e))?;
-    // Size and mtime from the open descriptor, so they describe what we read.
     let meta = file
         .metadata()
         .map_err(|e| Error::io(format!("{shown}: stat"), e))?;
-    let size = if meta.file_type().is_block_device() {
-        use std::io::Seek;
-        (&file)
-            .seek(std::io::SeekFrom::End(0))
-            .map_err(|e| Error::io(format!("{shown}: size of block device"), e))?
-    } else {
-        meta.len()
-    };
+    check_kind(&shown, &meta)?;
+    let size = medium_size(&shown, &file, &meta)?;
     Ok((canon, MediumFile { file, size }, meta))
+}
+
+/// A medium with the owner and mode its file had when it was opened, which
+/// `media/<id>` shows (read-only: write bits cleared). The kernel checks
+/// them (default_permissions), so the whole medium is readable through the
+/// mount by exactly those who could read the file itself.
+struct Owned {
+    file: MediumFile,
+    owner: MediumOwner,
+}
+
+impl Owned {
+    fn shared(file: MediumFile, meta: &std::fs::Metadata) -> SharedMedium {
+        Arc::new(Owned {
+            file,
+            owner: MediumOwner {
+                uid: meta.uid(),
+                gid: meta.gid(),
+                perm: (meta.mode() & 0o444) as u16,
+            },
+        })
+    }
+}
+
+impl ReadAt for Owned {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
+    fn size(&self) -> u64 {
+        self.file.size()
+    }
+    fn owner(&self) -> Option<MediumOwner> {
+        Some(self.owner)
+    }
 }
 
 /// Checks a volume name: not empty, no `/` or NUL, not `.`/`..`, at most 255
@@ -162,6 +279,11 @@ pub struct Manager {
     /// Members indexed per mounted archive volume (slot → count), for the
     /// per-user member limit.
     members: Mutex<std::collections::HashMap<u32, u64>>,
+    /// This daemon's own mountpoint and, once looked up, its device: media
+    /// stored in fsd's own volumes are the only FUSE-backed media an
+    /// unprivileged caller may attach (see [`open_passed`]).
+    mountpoint: std::sync::OnceLock<PathBuf>,
+    mount_dev: std::sync::OnceLock<u64>,
 }
 
 /// How many members an attach may index, and which limit says so.
@@ -189,6 +311,8 @@ impl Manager {
             invalidator: RwLock::new(None),
             ids: Arc::new(Primed::closed()),
             members: Mutex::new(Default::default()),
+            mountpoint: std::sync::OnceLock::new(),
+            mount_dev: std::sync::OnceLock::new(),
         }
     }
 
@@ -204,6 +328,22 @@ impl Manager {
 
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
+    }
+
+    /// Tells the manager where its mount is (after the mount is made).
+    pub fn set_mountpoint(&self, mountpoint: &Path) {
+        let _ = self.mountpoint.set(mountpoint.to_path_buf());
+    }
+
+    /// The device of this daemon's mount. Looked up on first use, from a
+    /// control request, never during start-up: the stat is a request to
+    /// the mount itself.
+    fn own_dev(&self) -> Option<u64> {
+        if let Some(d) = self.mount_dev.get() {
+            return Some(*d);
+        }
+        let dev = std::fs::metadata(self.mountpoint.get()?).ok()?.dev();
+        Some(*self.mount_dev.get_or_init(|| dev))
     }
 
     pub fn set_invalidator(&self, f: Invalidator) {
@@ -325,10 +465,39 @@ impl Manager {
         }
     }
 
+    /// Refuses a medium on a FUSE filesystem other than fsd's own mount.
+    /// Its server could be the caller's own program, answering reads
+    /// slowly or never while the daemon indexes the medium (holding the
+    /// attach lock) or serves it. Root may still attach such media; before
+    /// descriptor passing, the daemon could not open another user's FUSE
+    /// mount at all (FUSE refuses other users, root included).
+    fn check_not_foreign_fuse(
+        &self,
+        file: &File,
+        meta: &std::fs::Metadata,
+        canon: &Path,
+    ) -> Result<()> {
+        const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+        let fs = nix::sys::statfs::fstatfs(file)
+            .map_err(|e| Error::io(format!("{}: statfs", canon.display()), e.into()))?;
+        if fs.filesystem_type().0 as i64 != FUSE_SUPER_MAGIC || self.own_dev() == Some(meta.dev()) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "{}: permission denied (the medium is on another FUSE filesystem, whose server \
+                 could stall fsd; only root may attach it)",
+                canon.display()
+            ),
+        ))
+    }
+
     /// Attaches the medium at `path` (absolute, as the caller resolved it).
     pub fn attach(
         &self,
         path: &Path,
+        passed: Option<OwnedFd>,
         name: Option<&str>,
         format: FormatChoice,
         caller: &Caller,
@@ -343,7 +512,10 @@ impl Manager {
         if let Some(n) = name {
             check_name(n)?;
         }
-        let (canon, medium, meta) = open_medium(path, caller)?;
+        let (canon, medium, meta) = open_medium(path, passed, caller)?;
+        if caller.uid != 0 && caller.uid != nix::unistd::geteuid().as_raw() {
+            self.check_not_foreign_fuse(&medium.file, &meta, &canon)?;
+        }
         let label = canon.display().to_string();
         let _guard = self.lock.lock();
         let id = self.ids.id(&medium, &meta, &label)?;
@@ -423,7 +595,7 @@ impl Manager {
                 self.invalidate(&m.info.read());
             }
             self.catalog.set_state(rec.slot, "attached")?;
-            let m = self.mount_archive(&rec, index, Arc::new(medium))?;
+            let m = self.mount_archive(&rec, index, Owned::shared(medium, &meta))?;
             let info = m.info.read().clone();
             let _ = self
                 .catalog
@@ -469,7 +641,7 @@ impl Manager {
         rec.slot = self
             .catalog
             .insert_volume(&rec, Some((INDEX_VERSION, &index.to_bytes())))?;
-        let m = match self.mount_archive(&rec, index, Arc::new(medium)) {
+        let m = match self.mount_archive(&rec, index, Owned::shared(medium, &meta)) {
             Ok(m) => m,
             Err(e) => {
                 // Keep "no half volume": undo the catalog row.
@@ -1019,8 +1191,24 @@ impl Manager {
 
     fn reload_archive(&self, rec: &VolumeRecord) -> Result<()> {
         let path = PathBuf::from(rec.medium_path.clone().unwrap_or_default());
-        let (_, medium, meta) = open_medium(&path, &Caller::root())?;
+        let (_, medium, meta) = open_path(&path)?;
         let label = path.display().to_string();
+        // The remembered path is opened with the daemon's rights, so it
+        // must still name the medium itself: a symlink put in its place, or
+        // in place of a directory on the way, by a user who can write there
+        // would otherwise mount whatever it points to, read as root, under
+        // that user's volume.
+        let named = std::fs::read_link(format!("/proc/self/fd/{}", medium.file.as_raw_fd()));
+        if named.as_deref().ok() != Some(path.as_path()) {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{label}: now resolves to {}, not to itself (a symlink put in its place?); \
+                     attach the file again",
+                    named.map_or_else(|e| e.to_string(), |n| n.display().to_string())
+                ),
+            ));
+        }
         let id = self.ids.id(&medium, &meta, &label)?;
         let mut rec = rec.clone();
         let index = match self.stored_index(&rec, &id) {
@@ -1054,7 +1242,7 @@ impl Manager {
                 ix
             }
         };
-        self.mount_archive(&rec, index, Arc::new(medium))?;
+        self.mount_archive(&rec, index, Owned::shared(medium, &meta))?;
         Ok(())
     }
 }

@@ -59,6 +59,14 @@ pub fn with_member_limit<T>(limit: u64, f: impl FnOnce() -> T) -> (T, bool) {
     (out, hit)
 }
 
+/// The owner, group and permission bits of a medium file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediumOwner {
+    pub uid: u32,
+    pub gid: u32,
+    pub perm: u16,
+}
+
 /// Random-access reads from a medium. `File` gets it through `pread`, byte
 /// slices get it for unit tests and fuzzing.
 pub trait ReadAt: Sync {
@@ -66,6 +74,11 @@ pub trait ReadAt: Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     /// The medium's length in bytes.
     fn size(&self) -> u64;
+    /// The medium file's owner and mode, which `media/<id>` shows; `None`
+    /// where there is no file (tests, fuzzing).
+    fn owner(&self) -> Option<MediumOwner> {
+        None
+    }
 
     /// Fills `buf` from `offset`, or fails with `UnexpectedEof`.
     fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
