@@ -21,6 +21,18 @@ pub struct Config {
     pub native: NativeConfig,
     pub tokens: TokenConfig,
     pub log: LogConfig,
+    pub catalog: CatalogConfig,
+}
+
+/// `[catalog]`: backups of the catalog and what start-up does with chunk
+/// files the catalog does not reference (see `store::guard`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    pub backup_interval_secs: u64,
+    pub backup_keep: usize,
+    pub quarantine_days: u64,
+    pub startup_check_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -97,6 +109,12 @@ impl Config {
             log: LogConfig {
                 level: "info".into(),
             },
+            catalog: CatalogConfig {
+                backup_interval_secs: 3600,
+                backup_keep: 8,
+                quarantine_days: 7,
+                startup_check_secs: 30,
+            },
         }
     }
 
@@ -146,6 +164,12 @@ impl Config {
         }
         if self.mount.read_ahead_kb > 1 << 20 {
             return Err("mount.read_ahead_kb must be at most 1048576".into());
+        }
+        if self.catalog.backup_keep == 0 || self.catalog.backup_keep > 1000 {
+            return Err("catalog.backup_keep must be between 1 and 1000".into());
+        }
+        if self.catalog.startup_check_secs == 0 {
+            return Err("catalog.startup_check_secs must be at least 1".into());
         }
         if self.mount.poll_us > 10_000 {
             return Err("mount.poll_us must be at most 10000".into());

@@ -57,6 +57,7 @@ impl Service {
         let (hot_chunks, hot_bytes) = self.manager.hot_usage()?;
         let fs = env.store.statfs()?;
         let (rss, rss_peak) = memory();
+        let quarantined = env.store.quarantined();
         Ok(DaemonStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -76,6 +77,9 @@ impl Service {
             buffered_limit: env.budget.limit(),
             rss,
             rss_peak,
+            quarantined_chunks: quarantined.len() as u64,
+            quarantined_bytes: quarantined.iter().map(|q| q.1).sum(),
+            quarantine_days: env.store.quarantine_days(),
         })
     }
 }
@@ -119,7 +123,8 @@ impl Handler for Service {
             Request::Detach { volume, force } => json(self.manager.detach(&volume, force, caller)?),
             Request::Create { name } => json(self.manager.create(&name, caller)?),
             Request::Destroy { volume } => json(self.manager.destroy(&volume, caller)?),
-            Request::Fsck { volume, repair } => {
+            Request::Fsck { catalog: true, .. } => json(self.manager.fsck_catalog(caller)?),
+            Request::Fsck { volume, repair, .. } => {
                 json(self.manager.fsck(volume.as_deref(), repair, caller)?)
             }
             Request::OffloadRead(r) => json(self.offload.read(&r, caller)?),
