@@ -280,7 +280,9 @@ impl From<rusqlite::Error> for Error {
 
 /// What an operator does about a damaged catalog; every message about one
 /// ends with it.
-pub const CATALOG_RECOVERY: &str = "to recover: stop fsd, check the catalog with     `tokenctl fsck --catalog --state STATE`, then put the newest good backup back with     `fsd restore-catalog --state STATE` (README, Troubleshooting: \"Restoring the catalog\")";
+pub const CATALOG_RECOVERY: &str = "to recover: stop fsd, check the catalog with \
+    `tokenctl fsck --catalog --state STATE`, then put the newest good backup back with \
+    `fsd restore-catalog --state STATE` (README, Troubleshooting: \"Restoring the catalog\")";
 
 /// SQLite found a damaged page (SQLITE_CORRUPT, SQLITE_NOTADB) during a
 /// request: the caller gets a `corrupt` error (EIO, exit 8) that says so,

@@ -503,19 +503,22 @@ impl Backups {
             }
             std::fs::File::open(&tmp)
                 .and_then(|f| f.sync_all())
-                .and_then(|()| std::fs::rename(&tmp, &to))
+                .map_err(|e| Error::io(format!("{}: writing", tmp.display()), e))?;
+            // Room for the new one first, so there are never more than
+            // `keep`; only a copy that passed its check makes room.
+            let all = list_backups(&self.dir);
+            if all.len() >= self.keep {
+                for old in &all[..all.len() + 1 - self.keep] {
+                    let _ = std::fs::remove_file(old);
+                }
+            }
+            std::fs::rename(&tmp, &to)
                 .and_then(|()| std::fs::File::open(&self.dir)?.sync_all())
                 .map_err(|e| Error::io(format!("{}: writing", to.display()), e))
         })();
         if let Err(e) = r {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
-        }
-        let all = list_backups(&self.dir);
-        if all.len() > self.keep {
-            for old in &all[..all.len() - self.keep] {
-                let _ = std::fs::remove_file(old);
-            }
         }
         Ok(to)
     }
