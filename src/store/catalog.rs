@@ -535,6 +535,10 @@ impl Catalog {
             Error::new(ErrorKind::Io, format!("{}: backup: {e}", to.display()))
         };
         let mut dst = Connection::open(to).map_err(failed)?;
+        // A new file that the caller fsyncs once when it is complete (and
+        // deletes if anything fails): no journal and no syncs of its own.
+        dst.execute_batch("PRAGMA synchronous=OFF; PRAGMA journal_mode=OFF;")
+            .map_err(failed)?;
         let guard = self.conn();
         // SAFETY: the connection lives inside `self`, which outlives this
         // call, and is never moved out of its mutex. The backup calls into
@@ -563,7 +567,7 @@ impl Catalog {
         }
         result?;
         // A copy of a WAL database is marked WAL; a backup is a plain file.
-        dst.execute_batch("PRAGMA journal_mode=DELETE;")
+        dst.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=OFF;")
             .map_err(failed)?;
         Ok(())
     }

@@ -119,6 +119,9 @@ fn has_chunks(dir: &Path) -> bool {
 fn read_store_id(dir: &Path) -> Result<Option<String>> {
     let p = dir.join(STORE_ID);
     match std::fs::read_to_string(&p) {
+        // Empty: a power cut before the first write reached the disk (see
+        // `write_store_id`), which is the same as none.
+        Ok(t) if t.is_empty() => Ok(None),
         Ok(t) => {
             let id = t.trim();
             if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -140,9 +143,9 @@ fn read_store_id(dir: &Path) -> Result<Option<String>> {
     }
 }
 
-/// Writes `text` to `path` through a temporary file and a rename; with
-/// `durable`, the file and then its directory are fsynced.
-fn write_atomic(path: &Path, text: &str, durable: bool) -> Result<()> {
+/// Writes `text` to `path` through a temporary file and a rename, so a
+/// reader sees the old content or the new, never a part.
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("new");
     let r = (|| -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
@@ -152,16 +155,33 @@ fn write_atomic(path: &Path, text: &str, durable: bool) -> Result<()> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(text.as_bytes())?;
-        if durable {
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        if durable && let Some(d) = path.parent() {
-            std::fs::File::open(d)?.sync_all()?;
-        }
-        Ok(())
+        std::fs::rename(&tmp, path)
     })();
     r.map_err(|e| Error::io(format!("{}: writing", path.display()), e))
+}
+
+/// Writes the store identity: a temporary file renamed into place at
+/// once, then the file and its directory fsynced on a thread of its own.
+/// Start-up does not wait for the two fsyncs (they were most of a cold
+/// start's time); a chunk file becomes durable only through a later
+/// syncfs of the same filesystem, which takes the identity with it. A power
+/// cut before either leaves no identity or an empty file, which start-up
+/// reads as none and gives the catalog's again.
+fn write_store_id(dir: &Path, id: &str) -> Result<()> {
+    let path = dir.join(STORE_ID);
+    write_atomic(&path, &format!("{id}\n"))?;
+    let dir = dir.to_path_buf();
+    let _ = std::thread::Builder::new()
+        .name("fsd-store-id".into())
+        .spawn(move || {
+            let r = std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| std::fs::File::open(&dir)?.sync_all());
+            if let Err(e) = r {
+                tracing::warn!("{}: fsync: {e}", path.display());
+            }
+        });
+    Ok(())
 }
 
 fn new_id() -> Result<String> {
@@ -202,7 +222,6 @@ fn write_run(dir: &Path, r: RunFile) -> Result<()> {
     write_atomic(
         &dir.join(RUN),
         &format!("{} {} {state}\n", r.run, r.started_ns),
-        false,
     )
 }
 
@@ -280,7 +299,7 @@ pub fn start(state: &Path, catalog: &Catalog, cfg: &CatalogConfig) -> Result<Sta
             // purpose) takes the catalog's identity.
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-            write_atomic(&dir.join(STORE_ID), &format!("{a}\n"), true)?;
+            write_store_id(&dir, a)?;
         }
         (None, st) => {
             let chunks_known: i64 =
@@ -324,7 +343,7 @@ pub fn start(state: &Path, catalog: &Catalog, cfg: &CatalogConfig) -> Result<Sta
             if st.is_none() {
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-                write_atomic(&dir.join(STORE_ID), &format!("{id}\n"), true)?;
+                write_store_id(&dir, &id)?;
             }
             if migrated {
                 tracing::info!("store identity {id} given to the catalog and the chunk store");
@@ -367,19 +386,31 @@ pub fn start(state: &Path, catalog: &Catalog, cfg: &CatalogConfig) -> Result<Sta
     let run = cat_run.max(last.map(|l| l.run)).unwrap_or(0) + 1;
     let started_ns = now_ns();
     {
+        // synchronous=OFF for this one commit: after a clean shutdown the
+        // WAL is empty, and the first commit into an empty WAL syncs its
+        // header and directory (two fsyncs, most of a warm start's time).
+        // An empty WAL has no frames of an earlier generation for the
+        // header sync to guard against, and if a power cut loses this
+        // commit the counters disagree at the next start, which
+        // quarantines rather than removes.
         let mut conn = catalog.conn();
-        let tx = conn.transaction()?;
-        for (k, v) in [
-            (KEY_RUN, run.to_string()),
-            (KEY_STARTED, started_ns.to_string()),
-        ] {
-            tx.execute(
-                "INSERT INTO settings(key, value) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                rusqlite::params![k, v],
-            )?;
-        }
-        tx.commit()?;
+        conn.execute_batch("PRAGMA synchronous=OFF;")?;
+        let r = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for (k, v) in [
+                (KEY_RUN, run.to_string()),
+                (KEY_STARTED, started_ns.to_string()),
+            ] {
+                tx.execute(
+                    "INSERT INTO settings(key, value) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    rusqlite::params![k, v],
+                )?;
+            }
+            tx.commit()
+        })();
+        conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        r?;
     }
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
