@@ -1107,6 +1107,40 @@ mod tests {
         assert!(d.path().join("22").join(spares::name(42)).exists());
     }
 
+    /// Unprovable orphans go to the quarantine, come back when referenced
+    /// again, and are deleted after the grace period; provable ones (newer
+    /// than the last run's start) are removed.
+    #[test]
+    fn quarantine_keeps_unprovable_orphans() {
+        let d = tempfile::tempdir().unwrap();
+        let s = ChunkStore::open(d.path()).unwrap();
+        let a = *s.put(&data(3000, 1)).unwrap().hash();
+        let b = *s.put(&data(3000, 2)).unwrap().hash();
+        let far_future = i64::MAX;
+        let c = s
+            .collect_orphans(|h| *h == a, Orphans::RemoveNewerThan(far_future))
+            .unwrap();
+        assert_eq!((c.removed, c.quarantined), (0, 1), "b is older: kept");
+        assert!(!s.contains(&b) && s.contains(&a));
+        let q = s.quarantined();
+        assert_eq!(q.len(), 1);
+        assert_eq!((q[0].0, q[0].1), (b, 3000 + 4 + FOOTER as u64));
+        assert!(s.list().unwrap() == vec![a], "the quarantine is not listed");
+        assert_eq!(s.release_quarantined(|h| *h == b).unwrap(), 1);
+        assert_eq!(s.read_all(&b).unwrap(), data(3000, 2));
+        let c = s
+            .collect_orphans(|h| *h == a, Orphans::QuarantineAll)
+            .unwrap();
+        assert_eq!(c.quarantined, 1);
+        assert_eq!(s.purge_quarantine(std::time::Duration::from_secs(3600)), 0);
+        assert_eq!(s.purge_quarantine(std::time::Duration::ZERO), 1);
+        assert!(s.quarantined().is_empty());
+        let c = s
+            .collect_orphans(|_| false, Orphans::RemoveNewerThan(0))
+            .unwrap();
+        assert_eq!((c.removed, c.quarantined), (1, 0));
+    }
+
     #[test]
     fn corruption_is_detected_on_read_and_by_verify() {
         let d = tempfile::tempdir().unwrap();

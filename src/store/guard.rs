@@ -899,6 +899,103 @@ mod tests {
         assert!(a.starts_with("catalog-") && a.ends_with(".db"));
     }
 
+    fn cfg() -> CatalogConfig {
+        crate::config::Config::embedded().catalog
+    }
+
+    /// A chunk-like file (64 hex digits) in the store of `state`.
+    fn plant_chunk(state: &Path) {
+        let d = chunks_dir(state).join("ab");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("ab".repeat(32)), b"x").unwrap();
+    }
+
+    #[test]
+    fn runs_decide_between_removing_and_quarantining() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path();
+        precheck(state).unwrap();
+        let cat = Catalog::open(&catalog_path(state)).unwrap();
+        let first = start(state, &cat, &cfg()).unwrap();
+        assert_eq!(
+            first.orphans,
+            Orphans::QuarantineAll,
+            "nothing to prove yet"
+        );
+        assert!(!first.unclean, "a new catalog needs no check");
+        let id = cat.setting(KEY_ID).unwrap().unwrap();
+        assert_eq!(read_store_id(&chunks_dir(state)).unwrap(), Some(id));
+        clean_exit(state, &first);
+        drop(cat);
+
+        // The same catalog again: the last run's writes are provable.
+        let cat = Catalog::open(&catalog_path(state)).unwrap();
+        let second = start(state, &cat, &cfg()).unwrap();
+        assert_eq!(second.orphans, Orphans::RemoveNewerThan(first.started_ns));
+        assert!(!second.unclean);
+        assert_eq!(second.run, first.run + 1);
+        drop(cat);
+
+        // No clean exit: the next start is unclean, still provable.
+        let cat = Catalog::open(&catalog_path(state)).unwrap();
+        let third = start(state, &cat, &cfg()).unwrap();
+        assert!(third.unclean);
+        assert_eq!(third.orphans, Orphans::RemoveNewerThan(second.started_ns));
+        // A catalog that is a backup never matches a run.
+        cat.set_setting(KEY_RUN, BACKUP_RUN).unwrap();
+        drop(cat);
+        let cat = Catalog::open(&catalog_path(state)).unwrap();
+        assert_eq!(
+            start(state, &cat, &cfg()).unwrap().orphans,
+            Orphans::QuarantineAll
+        );
+    }
+
+    #[test]
+    fn foreign_and_lost_catalogs_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path();
+        let cat = Catalog::open(&catalog_path(state)).unwrap();
+        start(state, &cat, &cfg()).unwrap();
+        drop(cat);
+        plant_chunk(state);
+
+        // Another store's identity.
+        let idf = chunks_dir(state).join(STORE_ID);
+        let mine = std::fs::read_to_string(&idf).unwrap();
+        std::fs::write(&idf, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let cat = Catalog::open(&catalog_path(state)).unwrap();
+        let e = start(state, &cat, &cfg()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(e.to_string().contains("restore-catalog"), "{e}");
+        drop(cat);
+        std::fs::write(&idf, &mine).unwrap();
+
+        // An emptied catalog is refused before anything is created.
+        std::fs::write(catalog_path(state), b"").unwrap();
+        let _ = std::fs::remove_file(state.join("catalog.db-wal"));
+        let e = precheck(state).unwrap_err();
+        assert!(e.to_string().contains("missing or empty"), "{e}");
+        assert_eq!(std::fs::metadata(catalog_path(state)).unwrap().len(), 0);
+
+        // A new catalog (as an older fsd would have made) beside the store.
+        std::fs::remove_file(catalog_path(state)).unwrap();
+        let cat = Catalog::open(&catalog_path(state)).unwrap();
+        let e = start(state, &cat, &cfg()).unwrap_err();
+        assert!(e.to_string().contains("no store identity"), "{e}");
+
+        // An empty store without an identity takes the catalog's.
+        let d2 = tempfile::tempdir().unwrap();
+        let cat2 = Catalog::open(&catalog_path(d2.path())).unwrap();
+        start(d2.path(), &cat2, &cfg()).unwrap();
+        std::fs::remove_file(chunks_dir(d2.path()).join(STORE_ID)).unwrap();
+        start(d2.path(), &cat2, &cfg()).unwrap();
+        assert_eq!(
+            read_store_id(&chunks_dir(d2.path())).unwrap(),
+            cat2.setting(KEY_ID).unwrap()
+        );
+    }
+
     #[test]
     fn run_file_roundtrips_and_garbage_is_none() {
         let d = tempfile::tempdir().unwrap();
