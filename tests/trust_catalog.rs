@@ -392,6 +392,13 @@ fn backups_on_an_interval_and_at_shutdown() {
         assert!(got.contains("'store_run': 'backup'"), "{got}");
     }
     let newest = kept.last().unwrap().clone();
+    // No restore under a running daemon.
+    let o = Command::new(FSD)
+        .args(["restore-catalog", "--state"])
+        .arg(&d.state)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
     std::fs::write(d.vol("v").join("last"), b"2").unwrap();
     d.stop();
     let after = backups(&d.state);
@@ -447,4 +454,18 @@ fn identity_is_migrated_and_a_foreign_store_is_refused() {
         "{err}"
     );
     assert_eq!(chunk_names(&d.state), chunks);
+    // Nor does a backup of this catalog fit that store.
+    let before = std::fs::read(&cat).unwrap();
+    let o = Command::new(FSD)
+        .args(["restore-catalog", "--state"])
+        .arg(&d.state)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("not restored") && err.contains("store"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&cat).unwrap(), before, "catalog changed");
 }

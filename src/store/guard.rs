@@ -791,6 +791,13 @@ fn lock(state: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     })
 }
 
+/// Removes an SQLite file and its journals.
+fn remove_db(p: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
+    }
+}
+
 /// What [`restore`] did.
 #[derive(Debug, Clone)]
 pub struct Restored {
@@ -824,12 +831,12 @@ pub fn restore(state: &Path, from: Option<&Path>) -> Result<Restored> {
     // (opening a WAL-mode file may write to it).
     let cat = catalog_path(state);
     let staged = state.join("catalog.db.restore");
-    let _ = std::fs::remove_file(&staged);
+    remove_db(&staged);
     std::fs::copy(&from, &staged)
         .map_err(|e| Error::io(format!("{}: copying", from.display()), e))?;
     let report = check_file(&staged, Some(&chunks_dir(state)));
     if !report.ok {
-        let _ = std::fs::remove_file(&staged);
+        remove_db(&staged);
         return Err(Error::new(
             ErrorKind::Corrupt,
             format!(
@@ -840,7 +847,7 @@ pub fn restore(state: &Path, from: Option<&Path>) -> Result<Restored> {
         ));
     }
     if report.store_id.is_none() {
-        let _ = std::fs::remove_file(&staged);
+        remove_db(&staged);
         return Err(Error::new(
             ErrorKind::Corrupt,
             format!(
