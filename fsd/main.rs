@@ -51,6 +51,19 @@ enum Cmd {
     },
     /// Print the embedded default configuration, documented key by key.
     Config,
+    /// Put a backup of the catalog back (fsd must be stopped). Checks the
+    /// backup (integrity and store identity), moves the current catalog
+    /// aside as catalog.db.damaged-<time>, and copies the backup into
+    /// place. Chunk files written after the backup are not deleted: the
+    /// next start moves them to STATE/chunks/.quarantine.
+    RestoreCatalog {
+        /// State directory. Default as for `fsd mount`.
+        #[arg(long, env = "FSD_STATE")]
+        state: Option<PathBuf>,
+        /// The backup to restore (default: the newest in STATE/backup/).
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+    },
 }
 
 /// Starts logging (see `fsd::daemon::log`): to stderr in the foreground,
@@ -82,6 +95,37 @@ fn main() -> ExitCode {
         Cmd::Config => {
             print!("{}", config::DEFAULT_TOML);
             ExitCode::SUCCESS
+        }
+        Cmd::RestoreCatalog { state, from } => {
+            let state = state.unwrap_or_else(config::default_state_dir);
+            match fsd::store::guard::restore(&state, from.as_deref()) {
+                Ok(r) => {
+                    eprintln!(
+                        "fsd: restored {} from {} (store {})",
+                        state.join("catalog.db").display(),
+                        r.from.display(),
+                        r.store_id.as_deref().unwrap_or("-")
+                    );
+                    for k in &r.kept {
+                        eprintln!("fsd: the replaced catalog is kept as {}", k.display());
+                    }
+                    eprintln!(
+                        "fsd: changes made after the backup are lost; chunk files written \
+                         after it are not deleted: the next `fsd mount` moves those the \
+                         backup does not reference to {}/chunks/.quarantine",
+                        state.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fsd: restore-catalog: {e}");
+                    let code = match e.kind() {
+                        fsd::error::ErrorKind::Busy => exit::STATE_BUSY,
+                        _ => exit::STATE_DIR,
+                    };
+                    ExitCode::from(code as u8)
+                }
+            }
         }
         Cmd::Mount {
             mountpoint,

@@ -23,6 +23,18 @@ pub struct Config {
     pub log: LogConfig,
     pub limits: LimitsConfig,
     pub control: ControlConfig,
+    pub catalog: CatalogConfig,
+}
+
+/// `[catalog]`: backups of the catalog and what start-up does with chunk
+/// files the catalog does not reference (see `store::guard`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    pub backup_interval_secs: u64,
+    pub backup_keep: usize,
+    pub quarantine_days: u64,
+    pub startup_check_secs: u64,
 }
 
 /// The control socket's bounds (see `control::server`).
@@ -155,6 +167,12 @@ impl Config {
                 request_secs: 10,
                 max_request_kb: 2048,
             },
+            catalog: CatalogConfig {
+                backup_interval_secs: 3600,
+                backup_keep: 8,
+                quarantine_days: 7,
+                startup_check_secs: 30,
+            },
         }
     }
 
@@ -210,6 +228,12 @@ impl Config {
         }
         if self.log.keep > 100 {
             return Err("log.keep must be at most 100".into());
+        }
+        if self.catalog.backup_keep == 0 || self.catalog.backup_keep > 1000 {
+            return Err("catalog.backup_keep must be between 1 and 1000".into());
+        }
+        if self.catalog.startup_check_secs == 0 {
+            return Err("catalog.startup_check_secs must be at least 1".into());
         }
         if self.mount.poll_us > 10_000 {
             return Err("mount.poll_us must be at most 10000".into());

@@ -274,8 +274,47 @@ impl From<rusqlite::Error> for Error {
         {
             return Error::new(ErrorKind::NoSpace, format!("catalog: {e}"));
         }
+        if let rusqlite::Error::SqliteFailure(f, _) = &e
+            && matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            )
+        {
+            return catalog_corrupt(&e);
+        }
         Error::new(ErrorKind::Io, format!("catalog: {e}"))
     }
+}
+
+/// What an operator does about a damaged catalog; every message about one
+/// ends with it.
+pub const CATALOG_RECOVERY: &str = "to recover: stop fsd, check the catalog with \
+    `tokenctl fsck --catalog --state STATE`, then put the newest good backup back with \
+    `fsd restore-catalog --state STATE` (README, Troubleshooting: \"Restoring the catalog\")";
+
+/// SQLite found a damaged page (SQLITE_CORRUPT, SQLITE_NOTADB) during a
+/// request: the caller gets a `corrupt` error (EIO, exit 8) that says so,
+/// and the log gets one line naming the cause and the recovery, at most
+/// every 10 s, so a damaged catalog is never just EIO on random
+/// directories.
+fn catalog_corrupt(e: &rusqlite::Error) -> Error {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::error!("the catalog is damaged ({e}); {CATALOG_RECOVERY}");
+    }
+    Error::new(
+        ErrorKind::Corrupt,
+        format!("catalog is damaged: {e}; {CATALOG_RECOVERY}"),
+    )
 }
 
 /// Shorthand used throughout the filesystem core.

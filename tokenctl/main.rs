@@ -137,6 +137,12 @@ enum Cmd {
         /// Fix what can be fixed without inventing data.
         #[arg(long)]
         repair: bool,
+        /// Check the catalog database instead (full PRAGMA integrity_check
+        /// and its store identity); root. With no daemon running, checks
+        /// STATE/catalog.db directly. Exits 8, with the recovery steps, if
+        /// it is damaged.
+        #[arg(long, conflicts_with_all = ["volume", "repair"])]
+        catalog: bool,
     },
     /// Offload read (ODX FSCTL_OFFLOAD_READ, T10 POPULATE TOKEN): get a token
     /// for a file's bytes, written to TOKENFILE as 512-byte subtokens.
@@ -258,8 +264,31 @@ fn run(cli: &Cli) -> Result<u8, Error> {
         offload::inspect(c.as_mut(), token, cli.json)?;
         return Ok(0);
     }
-    let mut client = Client::connect(&socket_path(cli))?;
     let out = output::Output { json: cli.json };
+    // The catalog can be checked with no daemon (one that refused to start,
+    // or is stopped for a restore).
+    if let Cmd::Fsck { catalog: true, .. } = &cli.cmd {
+        let report = match Client::connect(&socket_path(cli)) {
+            Ok(mut c) => {
+                let v = c.call(
+                    &Request::Fsck {
+                        volume: None,
+                        repair: false,
+                        catalog: true,
+                    },
+                    &mut |_, _| {},
+                )?;
+                serde_json::from_value(v)
+                    .map_err(|e| Error::new(fsd::error::ErrorKind::Protocol, e.to_string()))?
+            }
+            Err(_) => {
+                let state = cli.state.clone().unwrap_or_else(config::default_state_dir);
+                fsd::store::guard::check_offline(&state)?
+            }
+        };
+        return out.fsck_catalog(&report);
+    }
+    let mut client = Client::connect(&socket_path(cli))?;
     match &cli.cmd {
         Cmd::Attach { path, name, format } => {
             let (abs, medium) = open_medium(path)?;
@@ -314,11 +343,12 @@ fn run(cli: &Cli) -> Result<u8, Error> {
             )?;
             out.destroyed(&v)?;
         }
-        Cmd::Fsck { volume, repair } => {
+        Cmd::Fsck { volume, repair, .. } => {
             let v = client.call(
                 &Request::Fsck {
                     volume: volume.clone(),
                     repair: *repair,
+                    catalog: false,
                 },
                 &mut |_, _| {},
             )?;

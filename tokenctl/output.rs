@@ -153,6 +153,12 @@ impl Output {
                 human_bytes(s.rss),
                 human_bytes(s.rss_peak)
             );
+            println!(
+                "quarantine:  {} chunk files, {} (deleted after {} days)",
+                s.quarantined_chunks,
+                human_bytes(s.quarantined_bytes),
+                s.quarantine_days
+            );
         }
         Ok(())
     }
@@ -200,6 +206,36 @@ impl Output {
             return Ok(ErrorKind::Integrity.exit_code() as u8);
         }
         Ok(0)
+    }
+
+    /// Prints a catalog check; returns the exit code (8 if it is damaged
+    /// or belongs to another store), with the recovery steps on stderr.
+    pub fn fsck_catalog(&self, r: &fsd::store::guard::CatalogReport) -> Result<u8, Error> {
+        if self.json {
+            let v = serde_json::to_value(r)
+                .map_err(|e| Error::new(ErrorKind::Protocol, e.to_string()))?;
+            println!("{v}");
+        } else {
+            for p in &r.problems {
+                println!("PROBLEM: catalog: {p}");
+            }
+            println!(
+                "checked {} (store {}): {}",
+                r.catalog,
+                r.store_id.as_deref().unwrap_or("-"),
+                if r.ok { "ok" } else { "damaged" }
+            );
+        }
+        if r.ok {
+            return Ok(0);
+        }
+        if !self.json {
+            eprintln!(
+                "tokenctl: fsck: the catalog is damaged; {}",
+                r.recovery.as_deref().unwrap_or("")
+            );
+        }
+        Ok(ErrorKind::Corrupt.exit_code() as u8)
     }
 
     pub fn detached(&self, v: &serde_json::Value) -> Result<(), Error> {

@@ -64,6 +64,9 @@ pub enum Request {
         volume: Option<String>,
         #[serde(default)]
         repair: bool,
+        /// Check the catalog database (`PRAGMA integrity_check`) instead.
+        #[serde(default)]
+        catalog: bool,
     },
     OffloadRead(ReadRequest),
     OffloadWrite(WriteRequest),
@@ -134,6 +137,14 @@ pub struct DaemonStatus {
     /// Resident memory of the daemon now and at its peak (VmRSS, VmHWM).
     pub rss: u64,
     pub rss_peak: u64,
+    /// Chunk files start-up moved to STATE/chunks/.quarantine, their
+    /// bytes, and the days they are kept (see README, Semantics).
+    #[serde(default)]
+    pub quarantined_chunks: u64,
+    #[serde(default)]
+    pub quarantined_bytes: u64,
+    #[serde(default)]
+    pub quarantine_days: u64,
 }
 
 /// One frame's bytes: the length, then the JSON.

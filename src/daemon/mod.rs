@@ -28,6 +28,7 @@ use crate::fuse::FuseFs;
 use crate::fuse::gate::StartGate;
 use crate::store::catalog::Catalog;
 use crate::store::chunks::ChunkStore;
+use crate::store::guard;
 use crate::token::engine::Offload;
 use crate::volume::identity::Primed;
 use crate::volume::manager::Manager;
@@ -474,6 +475,7 @@ struct Loaded {
     manager: Arc<Manager>,
     /// One line per `--attach` archive, for `ready`.
     attached: String,
+    startup: guard::Startup,
 }
 
 /// Opens the catalog and the chunk store, reloads the volumes and attaches
@@ -485,8 +487,14 @@ fn load(
     ids: Arc<Primed>,
 ) -> std::result::Result<Loaded, Fatal> {
     let failed = |e: Error| Fatal::new(exit::FAILED, e);
-    let catalog = Catalog::open(&opts.state_dir.join("catalog.db"))
-        .map_err(|e| Fatal::new(exit::STATE_DIR, e))?;
+    // Store identity, run counter and the check after an unclean shutdown
+    // (store::guard): a catalog that does not belong to the chunk store
+    // stops start-up here, before recovery could touch a chunk.
+    let unusable = |e: Error| Fatal::new(exit::STATE_DIR, e);
+    guard::precheck(&opts.state_dir).map_err(unusable)?;
+    let catalog = Catalog::open(&opts.state_dir.join("catalog.db")).map_err(unusable)?;
+    let startup =
+        guard::start(&opts.state_dir, &catalog, &opts.config.catalog).map_err(unusable)?;
     let catalog = Arc::new(catalog);
     raise_fd_limit();
     let store = ChunkStore::open(&opts.state_dir.join("chunks"))
@@ -518,7 +526,7 @@ fn load(
         )
         .with_primed(ids),
     );
-    let (ok, missing) = manager.load_all().map_err(failed)?;
+    let (ok, missing) = manager.load_all(startup.orphans).map_err(failed)?;
     tracing::info!("{ok} volumes reloaded from the catalog, {missing} missing");
     let attached = attach_at_start(&manager, &opts.attach)?;
     Ok(Loaded {
@@ -526,6 +534,7 @@ fn load(
         env,
         manager,
         attached,
+        startup,
     })
 }
 
@@ -582,6 +591,7 @@ fn mount_side(
 /// What start-up leaves running, besides the FUSE session.
 struct Started {
     catalog: Arc<Catalog>,
+    guard: guard::Guard,
     attached: String,
     _control: std::thread::JoinHandle<()>,
 }
@@ -604,7 +614,16 @@ fn finish(
         env,
         manager,
         attached,
+        startup,
     } = loaded;
+    let guard = guard::Guard::start(
+        &opts.state_dir,
+        catalog.clone(),
+        env.store.clone(),
+        &opts.config.catalog,
+        startup,
+    )
+    .map_err(failed)?;
     let entries = mounted.entries.clone();
     manager.set_mountpoint(&mounted.mountpoint);
     manager.set_invalidator(Box::new(move |parent, name| {
@@ -635,6 +654,7 @@ fn finish(
     ));
     Ok(Started {
         catalog,
+        guard,
         attached,
         _control: socket.serve(
             service,
@@ -764,6 +784,7 @@ fn lifecycle(
     if let Err(e) = started.catalog.sync() {
         tracing::warn!("catalog checkpoint at exit: {e}");
     }
+    started.guard.at_exit();
     tracing::info!("fsd stopped");
     result
 }

@@ -70,6 +70,7 @@ impl Service {
         let (hot_chunks, hot_bytes) = self.manager.hot_usage()?;
         let fs = env.store.statfs()?;
         let (rss, rss_peak) = memory();
+        let quarantined = env.store.quarantined();
         Ok(DaemonStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -89,6 +90,9 @@ impl Service {
             buffered_limit: env.budget.limit(),
             rss,
             rss_peak,
+            quarantined_chunks: quarantined.len() as u64,
+            quarantined_bytes: quarantined.iter().map(|q| q.1).sum(),
+            quarantine_days: env.store.quarantine_days(),
         })
     }
 }
@@ -170,7 +174,8 @@ impl Service {
                 self.reserve
                     .for_delete(|| self.manager.destroy(&volume, caller))?,
             ),
-            Request::Fsck { volume, repair } => {
+            Request::Fsck { catalog: true, .. } => json(self.manager.fsck_catalog(caller)?),
+            Request::Fsck { volume, repair, .. } => {
                 json(self.manager.fsck(volume.as_deref(), repair, caller)?)
             }
             Request::OffloadRead(r) => json(self.offload.read(&r, caller)?),

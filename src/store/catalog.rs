@@ -172,6 +172,97 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// Pages copied per step of a backup (4 MiB at 4 KiB pages): one step
+/// holds the catalog for about a millisecond.
+const BACKUP_STEP: i32 = 1024;
+
+/// Problems reported by one check, at most.
+pub const CHECK_PROBLEMS: u32 = 20;
+
+/// The outcome of [`Catalog::check`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Check {
+    /// What SQLite found wrong; empty if nothing.
+    pub problems: Vec<String>,
+    /// False if the timeout cut the check short (nothing found so far).
+    pub complete: bool,
+}
+
+impl Check {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// [`Catalog::check`] on any connection (the offline check and the check of
+/// a new backup use their own).
+pub fn check_connection(
+    conn: &Connection,
+    full: bool,
+    timeout: Option<std::time::Duration>,
+) -> Result<Check> {
+    let pragma = if full {
+        "integrity_check"
+    } else {
+        "quick_check"
+    };
+    let done = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let timer = timeout.map(|t| {
+        let handle = conn.get_interrupt_handle();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let (m, cv) = &*done;
+            let g = m.lock().unwrap_or_else(|p| p.into_inner());
+            let (g, _) = cv
+                .wait_timeout_while(g, t, |d| !*d)
+                .unwrap_or_else(|p| p.into_inner());
+            if !*g {
+                handle.interrupt();
+            }
+        })
+    });
+    let rows = (|| -> rusqlite::Result<Vec<String>> {
+        let mut st = conn.prepare(&format!("PRAGMA {pragma}({CHECK_PROBLEMS})"))?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    })();
+    {
+        let (m, cv) = &*done;
+        *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+    if let Some(t) = timer {
+        let _ = t.join();
+    }
+    match rows {
+        Ok(rows) => Ok(Check {
+            problems: rows.into_iter().filter(|r| r != "ok").collect(),
+            complete: true,
+        }),
+        Err(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::OperationInterrupted =>
+        {
+            Ok(Check {
+                problems: Vec::new(),
+                complete: false,
+            })
+        }
+        // A page so damaged that the check itself cannot go on.
+        Err(rusqlite::Error::SqliteFailure(f, m))
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ) =>
+        {
+            Ok(Check {
+                problems: vec![m.unwrap_or_else(|| f.to_string())],
+                complete: true,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A volume as the catalog stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeRecord {
@@ -420,6 +511,64 @@ impl Catalog {
     pub fn sync(&self) -> Result<()> {
         self.conn()
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Checks the catalog's pages: `PRAGMA integrity_check` when `full`,
+    /// else `PRAGMA quick_check` (no index-to-table cross-checks), reporting
+    /// at most [`CHECK_PROBLEMS`] problems. With a `timeout` the check is
+    /// interrupted when it runs out, so start-up's check is bounded on any
+    /// catalog size. Holds the connection meanwhile: requests wait.
+    pub fn check(&self, full: bool, timeout: Option<std::time::Duration>) -> Result<Check> {
+        let conn = self.conn();
+        check_connection(&conn, full, timeout)
+    }
+
+    /// Copies the catalog to `to` (a new file) with SQLite's online backup
+    /// API, [`BACKUP_STEP`] pages per step. The connection is held only
+    /// during each step, so requests go on between steps; a change made
+    /// meanwhile through this same connection is carried into the copy by
+    /// SQLite itself, so the copy is a consistent image when it finishes.
+    pub fn backup_to(&self, to: &Path) -> Result<()> {
+        use rusqlite::backup::{Backup, StepResult};
+        let failed = |e: rusqlite::Error| {
+            Error::new(ErrorKind::Io, format!("{}: backup: {e}", to.display()))
+        };
+        let mut dst = Connection::open(to).map_err(failed)?;
+        // A new file that the caller fsyncs once when it is complete (and
+        // deletes if anything fails): no journal and no syncs of its own.
+        dst.execute_batch("PRAGMA synchronous=OFF; PRAGMA journal_mode=OFF;")
+            .map_err(failed)?;
+        let guard = self.conn();
+        // SAFETY: the connection lives inside `self`, which outlives this
+        // call, and is never moved out of its mutex. The backup calls into
+        // SQLite through this reference only while the mutex is held (at
+        // `new`, each `step` and the drop), so no other thread uses the
+        // connection at the same time, as holding the guard would ensure.
+        let src: &Connection = unsafe { &*(&*guard as *const Connection) };
+        let backup = Backup::new(src, &mut dst).map_err(failed);
+        drop(guard);
+        let backup = backup?;
+        let result = loop {
+            let step = {
+                let _g = self.conn();
+                backup.step(BACKUP_STEP)
+            };
+            match step {
+                Ok(StepResult::Done) => break Ok(()),
+                Ok(StepResult::More) => std::thread::yield_now(),
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(e) => break Err(failed(e)),
+            }
+        };
+        {
+            let _g = self.conn();
+            drop(backup);
+        }
+        result?;
+        // A copy of a WAL database is marked WAL; a backup is a plain file.
+        dst.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=OFF;")
+            .map_err(failed)?;
         Ok(())
     }
 

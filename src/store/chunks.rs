@@ -136,6 +136,30 @@ fn crcs_of(data: &[u8]) -> Vec<u32> {
     data.chunks(BLOCK).map(super::crc::crc32c).collect()
 }
 
+/// The quarantine directory inside the store (see
+/// [`ChunkStore::collect_orphans`]).
+pub const QUARANTINE: &str = ".quarantine";
+
+/// What start-up does with a chunk file the catalog does not reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Orphans {
+    /// The catalog is the one the last run committed to: a file written
+    /// at or after this time (ns since the epoch, the last run's start) is
+    /// a write that run never committed, and is removed. Older ones are
+    /// quarantined.
+    RemoveNewerThan(i64),
+    /// Nothing is provable (a restored or migrated catalog): every
+    /// unreferenced file is quarantined.
+    QuarantineAll,
+}
+
+/// What [`ChunkStore::collect_orphans`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collected {
+    pub removed: usize,
+    pub quarantined: usize,
+}
+
 /// The store.
 pub struct ChunkStore {
     dir: PathBuf,
@@ -150,6 +174,8 @@ pub struct ChunkStore {
     made: [std::sync::atomic::AtomicBool; 256],
     /// Emptied chunk files kept for reuse (see `spares`).
     spares: Mutex<Spares>,
+    /// Days a quarantined chunk is kept, for `tokenctl status`.
+    quarantine_days: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -215,6 +241,7 @@ impl ChunkStore {
             direct: std::sync::atomic::AtomicBool::new(true),
             made: std::array::from_fn(|_| std::sync::atomic::AtomicBool::new(false)),
             spares: Mutex::new(Spares::default()),
+            quarantine_days: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -718,11 +745,17 @@ impl ChunkStore {
         Ok(n)
     }
 
-    /// Removes chunk files for which `referenced` is false and that are not
-    /// pinned, and adopts the spare files left by an earlier run (emptying
-    /// them: a crash may have come before that). Call at startup, before
-    /// writes begin.
-    pub fn collect_orphans(&self, referenced: impl Fn(&Hash) -> bool) -> Result<usize> {
+    /// Settles chunk files for which `referenced` is false and that are not
+    /// pinned, as `policy` says: removed when provably left over from the
+    /// last run, moved to the quarantine otherwise. Also adopts the spare
+    /// files left by an earlier run (emptying them: a crash may have come
+    /// before that). Call at startup, before writes begin.
+    pub fn collect_orphans(
+        &self,
+        referenced: impl Fn(&Hash) -> bool,
+        policy: Orphans,
+    ) -> Result<Collected> {
+        use std::os::unix::fs::MetadataExt;
         let mut found = Vec::new();
         let chunks = self.scan(|fan, id| found.push((fan, id)))?;
         {
@@ -734,13 +767,130 @@ impl ChunkStore {
         for (fan, id) in found {
             self.retire(fan, id);
         }
-        let mut n = 0;
+        let mut out = Collected::default();
         for h in chunks {
-            if !referenced(&h) && self.remove_unpinned(&h, || Ok(true))? {
+            if referenced(&h) || self.is_pinned(&h) {
+                continue;
+            }
+            let newer = match (policy, std::fs::metadata(self.path(&h))) {
+                (Orphans::RemoveNewerThan(t), Ok(m)) => {
+                    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128 >= t as i128
+                }
+                _ => false,
+            };
+            if newer {
+                if self.remove_unpinned(&h, || Ok(true))? {
+                    out.removed += 1;
+                }
+            } else if self.quarantine(&h)? {
+                out.quarantined += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The quarantine: chunk files that start-up found unreferenced but
+    /// could not prove to be leftovers, kept for a grace period.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.dir.join(QUARANTINE)
+    }
+
+    /// Moves chunk `h` into the quarantine, stamping its mtime with the
+    /// time it went there (the grace period counts from it). False if it
+    /// is gone.
+    fn quarantine(&self, h: &Hash) -> Result<bool> {
+        let q = self.quarantine_dir();
+        match std::fs::create_dir(&q) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(format!("creating {}", q.display()), e)),
+        }
+        let to = q.join(hex(h));
+        match std::fs::rename(self.path(h), &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("moving chunk {} to {}", hex(h), q.display()),
+                    e,
+                ));
+            }
+        }
+        self.open.lock().pop(h);
+        if let Ok(f) = File::options().write(true).open(&to) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+        Ok(true)
+    }
+
+    /// The chunks in the quarantine: hash, file size and when each went
+    /// there.
+    pub fn quarantined(&self) -> Vec<(Hash, u64, std::time::SystemTime)> {
+        let Ok(rd) = std::fs::read_dir(self.quarantine_dir()) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let h = parse_hex(e.file_name().to_str()?)?;
+                let m = e.metadata().ok()?;
+                Some((h, m.len(), m.modified().ok()?))
+            })
+            .collect()
+    }
+
+    /// Days a quarantined chunk is kept (set by the daemon from its
+    /// configuration; shown by `tokenctl status`).
+    pub fn quarantine_days(&self) -> u64 {
+        self.quarantine_days
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_quarantine_days(&self, days: u64) {
+        self.quarantine_days
+            .store(days, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Moves back into the store every quarantined chunk that `referenced`
+    /// says the catalog uses (a restored catalog that is older than the
+    /// quarantine). Returns how many came back.
+    pub fn release_quarantined(&self, referenced: impl Fn(&Hash) -> bool) -> Result<usize> {
+        let mut n = 0;
+        for (h, _, _) in self.quarantined() {
+            if !referenced(&h) {
+                continue;
+            }
+            let from = self.quarantine_dir().join(hex(&h));
+            let to = self.path(&h);
+            self.make_fanout(&h)
+                .and_then(|()| spares::rename_noreplace(&from, &to))
+                .or_else(|e| {
+                    // The store has the chunk again (written anew): the
+                    // quarantined copy is redundant.
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        std::fs::remove_file(&from)
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|e| Error::io(format!("restoring {} from the quarantine", hex(&h)), e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Deletes quarantined chunks that have been there longer than
+    /// `grace`; returns how many.
+    pub fn purge_quarantine(&self, grace: std::time::Duration) -> usize {
+        let now = std::time::SystemTime::now();
+        let mut n = 0;
+        for (h, _, at) in self.quarantined() {
+            if now.duration_since(at).is_ok_and(|age| age >= grace)
+                && std::fs::remove_file(self.quarantine_dir().join(hex(&h))).is_ok()
+            {
                 n += 1;
             }
         }
-        Ok(n)
+        n
     }
 
     /// Makes everything written to the store's filesystem durable: one
@@ -943,7 +1093,10 @@ mod tests {
             std::fs::rename(s.path(&h), d.path().join("22").join(spares::name(41))).unwrap();
         }
         let s = ChunkStore::open(d.path()).unwrap();
-        assert_eq!(s.collect_orphans(|_| true).unwrap(), 0);
+        assert_eq!(
+            s.collect_orphans(|_| true, Orphans::QuarantineAll).unwrap(),
+            Collected::default()
+        );
         assert_eq!(s.spare_count(), 1);
         let spare = d.path().join("22").join(spares::name(41));
         assert_eq!(std::fs::metadata(&spare).unwrap().len(), 0);
@@ -952,6 +1105,40 @@ mod tests {
         assert!(!spare.exists(), "reused");
         assert!(s.remove_unpinned(&h, || Ok(true)).unwrap());
         assert!(d.path().join("22").join(spares::name(42)).exists());
+    }
+
+    /// Unprovable orphans go to the quarantine, come back when referenced
+    /// again, and are deleted after the grace period; provable ones (newer
+    /// than the last run's start) are removed.
+    #[test]
+    fn quarantine_keeps_unprovable_orphans() {
+        let d = tempfile::tempdir().unwrap();
+        let s = ChunkStore::open(d.path()).unwrap();
+        let a = *s.put(&data(3000, 1)).unwrap().hash();
+        let b = *s.put(&data(3000, 2)).unwrap().hash();
+        let far_future = i64::MAX;
+        let c = s
+            .collect_orphans(|h| *h == a, Orphans::RemoveNewerThan(far_future))
+            .unwrap();
+        assert_eq!((c.removed, c.quarantined), (0, 1), "b is older: kept");
+        assert!(!s.contains(&b) && s.contains(&a));
+        let q = s.quarantined();
+        assert_eq!(q.len(), 1);
+        assert_eq!((q[0].0, q[0].1), (b, 3000 + 4 + FOOTER as u64));
+        assert!(s.list().unwrap() == vec![a], "the quarantine is not listed");
+        assert_eq!(s.release_quarantined(|h| *h == b).unwrap(), 1);
+        assert_eq!(s.read_all(&b).unwrap(), data(3000, 2));
+        let c = s
+            .collect_orphans(|h| *h == a, Orphans::QuarantineAll)
+            .unwrap();
+        assert_eq!(c.quarantined, 1);
+        assert_eq!(s.purge_quarantine(std::time::Duration::from_secs(3600)), 0);
+        assert_eq!(s.purge_quarantine(std::time::Duration::ZERO), 1);
+        assert!(s.quarantined().is_empty());
+        let c = s
+            .collect_orphans(|_| false, Orphans::RemoveNewerThan(0))
+            .unwrap();
+        assert_eq!((c.removed, c.quarantined), (1, 0));
     }
 
     #[test]
@@ -1018,7 +1205,10 @@ mod tests {
         assert_eq!(s.clean_tmp().unwrap(), 1);
         let keep = *s.put(&data(10, 2)).unwrap().hash();
         let drop_me = *s.put(&data(10, 3)).unwrap().hash();
-        assert_eq!(s.collect_orphans(|h| *h == keep).unwrap(), 1);
+        let c = s
+            .collect_orphans(|h| *h == keep, Orphans::RemoveNewerThan(0))
+            .unwrap();
+        assert_eq!((c.removed, c.quarantined), (1, 0));
         assert!(s.contains(&keep) && !s.contains(&drop_me));
         s.sync().unwrap();
         assert!(s.statfs().unwrap().blocks > 0);

@@ -31,6 +31,7 @@ use crate::fs::perm::Caller;
 use crate::fs::types::Timespec;
 use crate::fs::{Core, MEDIA_INO, Mounted, VOLUMES_INO, VolumeInfo};
 use crate::store::catalog::{Catalog, VolumeRecord};
+use crate::store::chunks::Orphans;
 use crate::util;
 
 /// Bumped whenever [`ArchiveIndex`]'s encoding changes; older stored indexes
@@ -874,14 +875,17 @@ impl Manager {
     /// Mounts every volume the catalog has as attached. A medium that is
     /// gone or unreadable is logged and shown as `missing`; one that changed
     /// is indexed again. Returns (mounted, missing).
-    pub fn load_all(&self) -> Result<(usize, usize)> {
+    ///
+    /// `orphans` says what recovery does with chunk files the catalog does
+    /// not reference (see `store::guard`).
+    pub fn load_all(&self, orphans: Orphans) -> Result<(usize, usize)> {
         let _guard = self.lock.lock();
         let (mut ok, mut missing) = (0, 0);
         // A catalog this start created records no volume, so nothing can
-        // need recovering. (Chunk files left by a catalog deleted by hand
-        // are collected as orphans at the next start.)
+        // need recovering (and start-up refused it if the store has
+        // chunk files).
         if !self.catalog.created() {
-            self.recover_natives()?;
+            self.recover_natives(orphans)?;
         }
         for rec in self.catalog.volumes()? {
             if rec.state != "attached" {
@@ -907,11 +911,13 @@ impl Manager {
     }
 
     /// After a crash: deletes inodes that lost their last name while open,
-    /// removes chunk files no committed row references (the daemon died
-    /// between writing a chunk and committing it) and unreferenced chunks.
+    /// takes back quarantined chunks the catalog references (a restored
+    /// catalog), settles chunk files no committed row references (removed
+    /// if the last run wrote them and never committed them, quarantined if
+    /// that cannot be proved, see [`Orphans`]) and unreferenced chunks.
     /// Runs during start-up, before any request is served (they wait at
     /// the start-up gate), so no write is in flight.
-    fn recover_natives(&self) -> Result<()> {
+    fn recover_natives(&self, policy: Orphans) -> Result<()> {
         let mut orphans = 0;
         for rec in self.catalog.volumes()? {
             if rec.kind != "native" {
@@ -932,11 +938,34 @@ impl Manager {
         let known: std::collections::HashSet<_> = native_meta::all_chunks(&self.catalog.conn())?
             .into_iter()
             .collect();
-        let files = self.native.store.collect_orphans(|h| known.contains(h))?;
+        let back = self
+            .native
+            .store
+            .release_quarantined(|h| known.contains(h))?;
+        let c = self
+            .native
+            .store
+            .collect_orphans(|h| known.contains(h), policy)?;
+        let files = c.removed;
         if orphans + tmp + files > 0 {
             tracing::info!(
                 "recovery: removed {orphans} unlinked inodes, {tmp} partial chunk writes, \
                  {files} uncommitted chunk files"
+            );
+        }
+        if c.quarantined > 0 {
+            let msg = format!(
+                "recovery: {} unreferenced chunk files could not be proved to be uncommitted \
+                 writes of the last run; moved to {} (deleted after the grace period)",
+                c.quarantined,
+                self.native.store.quarantine_dir().display()
+            );
+            tracing::warn!("{msg}");
+            let _ = self.catalog.event(None, "warn", &msg);
+        }
+        if back > 0 {
+            tracing::info!(
+                "recovery: {back} chunk files the catalog references came back from the quarantine"
             );
         }
         Ok(())
@@ -1106,6 +1135,19 @@ impl Manager {
         native_file::collect(&self.native);
         let _ = self.catalog.event(Some(&rec.id), "info", "destroyed");
         Ok(Self::info(&rec, "destroyed"))
+    }
+
+    /// `tokenctl fsck --catalog`: the full integrity check of the catalog
+    /// and its store identity against the chunk store's. Root only: it
+    /// reads every page and holds the catalog meanwhile.
+    pub fn fsck_catalog(&self, caller: &Caller) -> Result<crate::store::guard::CatalogReport> {
+        if caller.uid != 0 {
+            return Err(Error::new(
+                ErrorKind::NotPermitted,
+                "checking the catalog needs root",
+            ));
+        }
+        crate::store::guard::check_live(&self.catalog, self.native.store.dir())
     }
 
     /// Checks one native volume, or all of them and the whole chunk store.

@@ -486,7 +486,9 @@ fn fanout_entries(state: &Path) -> impl Iterator<Item = std::fs::DirEntry> {
     std::fs::read_dir(state.join("chunks"))
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name() != "tmp")
+        // Not tmp, nor the store's own files (.store-id, .run) and the
+        // quarantine (.quarantine).
+        .filter(|e| e.file_name() != "tmp" && !e.file_name().to_string_lossy().starts_with('.'))
         .flat_map(|e| std::fs::read_dir(e.path()).unwrap().flatten())
 }
 
