@@ -240,11 +240,13 @@ struct Inner {
     label: String,
     index: ArchiveIndex,
     medium: SharedMedium,
+    /// Checkpoint indexes of the deflated members read so far. Declared
+    /// before `cache` so their pinned memory is released first when the
+    /// volume goes (fields drop in order) and the release log is exact.
+    deflated: Mutex<HashMap<u32, Arc<DeflateIndex>>>,
     /// This volume's share of the decompressed-data cache; dropping it
     /// (detach, once the last open file is closed) frees its blocks.
     cache: VolumeCache,
-    /// Checkpoint indexes of the deflated members read so far.
-    deflated: Mutex<HashMap<u32, Arc<DeflateIndex>>>,
     /// Where computed tree hashes are cached: the catalog and this volume's
     /// slot. None in unit tests.
     hashes: Option<(Arc<Catalog>, u32)>,
