@@ -178,7 +178,11 @@ fn cache_release(d: &Daemon) -> (u64, u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let log = d.log_text();
-        if let Some(l) = log.lines().rev().find(|l| l.contains("volume released: freed")) {
+        if let Some(l) = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("volume released: freed"))
+        {
             let num = |after: &str| -> u64 {
                 let i = l.find(after).unwrap() + after.len();
                 l[i..]
@@ -219,7 +223,12 @@ fn four_gib_bomb_read_by_nobody_stays_within_the_budget() {
     let used0 = fs_used(&d.state);
     let rss0 = rss(pid);
 
-    let head = nobody("head").arg("-c").arg("1").arg(&member).output().unwrap();
+    let head = nobody("head")
+        .arg("-c")
+        .arg("1")
+        .arg(&member)
+        .output()
+        .unwrap();
     assert_eq!(ok(head, "head -c 1").as_bytes(), b"\0");
 
     // Far reads, in an order that jumps back and forth; the last byte too.
@@ -250,9 +259,16 @@ fn four_gib_bomb_read_by_nobody_stays_within_the_budget() {
 
     // Nothing decompressed went to disk, and memory stayed near the budget
     // (32 MiB, plus slack for buffers the allocator keeps).
-    assert_eq!(cache_dir_bytes(&d.state), 0, "STATE/cache holds inflated data");
+    assert_eq!(
+        cache_dir_bytes(&d.state),
+        0,
+        "STATE/cache holds inflated data"
+    );
     let grown = fs_used(&d.state).saturating_sub(used0);
-    assert!(grown < 64 << 20, "the state filesystem grew by {grown} bytes");
+    assert!(
+        grown < 64 << 20,
+        "the state filesystem grew by {grown} bytes"
+    );
     let rss1 = rss(pid);
     assert!(
         rss1 < rss0 + (32 << 20) + (96 << 20),
@@ -337,7 +353,11 @@ open(sys.argv[1], "wb").write(b"".join(out)[:target])
     let reference = d.dir.path().join("ref.txt");
     sh(
         d.dir.path(),
-        &format!("unzip -p {} big.txt > {}", zip.display(), reference.display()),
+        &format!(
+            "unzip -p {} big.txt > {}",
+            zip.display(),
+            reference.display()
+        ),
     );
     let want = std::fs::read(&reference).unwrap();
     assert_eq!(want.len(), 96 << 20);
@@ -407,7 +427,10 @@ for i in range(0, len(args), 2):
         nobody("cp").arg(&member).arg(&copy).output().unwrap(),
         "cp as nobody",
     );
-    assert!(std::fs::read(&copy).unwrap() == want, "cp differs from unzip -p");
+    assert!(
+        std::fs::read(&copy).unwrap() == want,
+        "cp differs from unzip -p"
+    );
     assert!(!d.log_text().contains("CRC-32 mismatch"));
     assert_eq!(cache_dir_bytes(&d.state), 0);
 
@@ -451,7 +474,10 @@ open(path, "wb").write(bytes(b))
         String::from_utf8_lossy(&o.stderr).contains("Input/output error"),
         "{o:?}"
     );
-    assert!(o.stdout.len() < 3 << 20, "the end of a corrupt member was served");
+    assert!(
+        o.stdout.len() < 3 << 20,
+        "the end of a corrupt member was served"
+    );
     let log = d.log_text();
     assert!(
         log.lines()

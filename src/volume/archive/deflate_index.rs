@@ -518,7 +518,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 5 == 0 {
+            if x.is_multiple_of(5) {
                 v.extend_from_slice(&x.to_le_bytes()[..3]);
             } else {
                 v.extend_from_slice(words[(x % 8) as usize]);
@@ -560,7 +560,9 @@ mod tests {
         assert!(idx.checkpoints() >= 7, "{} checkpoints", idx.checkpoints());
         let mut x = 12345u64;
         for _ in 0..60 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let at = (x >> 11) % data.len() as u64;
             let len = ((x >> 3) % 300_000) as usize + 1;
             let got = idx.read(Some((&vc, 1)), at, len).unwrap();
@@ -651,7 +653,10 @@ mod tests {
         let idx = DeflateIndex::new(stream(&data, 0, 6), big.clone());
         let h = idx.hold();
         idx.read(None, 0, 10).unwrap();
-        assert!(big.usage().pinned >= CURSOR_BYTES, "the main cursor is kept");
+        assert!(
+            big.usage().pinned >= CURSOR_BYTES,
+            "the main cursor is kept"
+        );
         drop(h);
         assert_eq!(big.usage().pinned, 0, "and dropped with the last reader");
     }

@@ -21,9 +21,9 @@ use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use self::index::{ArchiveIndex, Data, Meta, Node, NodeKind, ROOT, ReadAt};
 use self::cache::VolumeCache;
 use self::deflate_index::{DeflateIndex, Hold, Stream};
+use self::index::{ArchiveIndex, Data, Meta, Node, NodeKind, ROOT, ReadAt};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::{DirEntry, OpenFile, VOLUME_ROOT, VolumeFs};
 use crate::fs::types::{Attr, Ctx, FileKind, OpenFlags, StatFs, Timespec};
@@ -146,7 +146,7 @@ pub fn check_ratios(idx: &ArchiveIndex, label: &str, max_ratio: u64) -> Result<(
         let Data::Deflate { csize, .. } = n.data else {
             continue;
         };
-        let ratio = if csize == 0 { u64::MAX } else { n.size / csize };
+        let ratio = n.size.checked_div(csize).unwrap_or(u64::MAX);
         let possible = csize
             .saturating_mul(DEFLATE_MAX_RATIO)
             .saturating_add(64 << 10);
