@@ -13,7 +13,11 @@
 //!   small. A read at offset X resumes from the nearest checkpoint at or
 //!   before X, so it decodes at most one interval plus what it asked for.
 //!   Checkpoints are built lazily by whichever reads pass them and kept in
-//!   memory, charged to the shared cache budget ([`super::cache`]).
+//!   memory, charged to the shared cache budget ([`super::cache`]). A block
+//!   can be as long as the whole stream (zlib-rs at level 1 writes blocks of
+//!   MiBs; a hostile encoder can write just one), so when half an interval
+//!   passes without a boundary the whole decoder state (about 11 KiB) is
+//!   saved instead: the interval bound holds for any stream.
 //! * **The main cursor.** A sequential reader would otherwise restart from a
 //!   checkpoint at every read, so the decoder of the last read is kept,
 //!   suspended exactly where that read stopped, and the next read that starts
@@ -79,10 +83,20 @@ struct Checkpoint {
     out: u64,
     /// Compressed bytes consumed before this point.
     inp: u64,
-    state: BlockBoundaryState,
+    state: State,
     /// The 32 KiB of output before `out`, deflated.
     window: Vec<u8>,
     _charge: Charge,
+}
+
+/// How a checkpoint restarts the decoder.
+enum State {
+    /// At a block boundary: a few bytes.
+    Boundary(BlockBoundaryState),
+    /// Inside a block longer than the interval (a hostile or unusual encoder
+    /// can make one block of the whole stream): the whole decoder, about
+    /// 11 KiB with its Huffman tables.
+    Full(Box<DecompressorOxide>),
 }
 
 /// A suspended decoder.
@@ -317,7 +331,12 @@ impl DeflateIndex {
                         )
                     })?;
                 Cursor {
-                    dec: Box::new(DecompressorOxide::from_block_boundary_state(&cp.state)),
+                    dec: match &cp.state {
+                        State::Boundary(b) => {
+                            Box::new(DecompressorOxide::from_block_boundary_state(b))
+                        }
+                        State::Full(d) => d.clone(),
+                    },
                     ring: ring.into_boxed_slice(),
                     ring_pos: 0,
                     out: cp.out,
@@ -330,12 +349,14 @@ impl DeflateIndex {
         }))
     }
 
-    /// Records a checkpoint where `cur` stands (a block boundary) if its
-    /// interval has none yet and the budget allows.
-    fn checkpoint(&self, cur: &Cursor) {
+    /// Records a checkpoint where `cur` stands if its interval has none yet
+    /// and the budget allows: at a block boundary (`boundary`), or, when the
+    /// interval's first half passed without one, anywhere, with the whole
+    /// decoder state.
+    fn checkpoint(&self, cur: &Cursor, boundary: bool) {
         let iv = self.cache.interval();
         let slot = cur.out / iv;
-        if slot == 0 || cur.out >= self.src.size {
+        if slot == 0 || cur.out >= self.src.size || (!boundary && cur.out % iv < iv / 2) {
             return;
         }
         if self
@@ -347,14 +368,22 @@ impl DeflateIndex {
         {
             return;
         }
-        let Some(state) = cur.dec.block_boundary_state() else {
-            return;
+        let (state, extra) = if boundary {
+            match cur.dec.block_boundary_state() {
+                Some(b) => (State::Boundary(b), 0),
+                None => return,
+            }
+        } else {
+            (
+                State::Full(cur.dec.clone()),
+                std::mem::size_of::<DecompressorOxide>() as u64,
+            )
         };
         let mut w = Vec::with_capacity(WINDOW);
         w.extend_from_slice(&cur.ring[cur.ring_pos..]);
         w.extend_from_slice(&cur.ring[..cur.ring_pos]);
         let window = miniz_oxide::deflate::compress_to_vec(&w, 1);
-        let Some(charge) = self.cache.pin(window.len() as u64 + 128) else {
+        let Some(charge) = self.cache.pin(window.len() as u64 + extra + 128) else {
             return;
         };
         self.checkpoints.lock().entry(cur.out).or_insert_with(|| {
@@ -470,7 +499,8 @@ impl DeflateIndex {
                     }
                     return Ok(out);
                 }
-                TINFLStatus::BlockBoundary => self.checkpoint(cur),
+                TINFLStatus::BlockBoundary => self.checkpoint(cur, true),
+                TINFLStatus::HasMoreOutput if nout > 0 => self.checkpoint(cur, false),
                 TINFLStatus::HasMoreOutput => {}
                 TINFLStatus::NeedsMoreInput if more || lo < hi => {}
                 TINFLStatus::NeedsMoreInput | TINFLStatus::FailedCannotMakeProgress => {
@@ -584,6 +614,28 @@ mod tests {
         assert!(idx.checkpoints() >= 3);
         let mid = idx.read(None, 3 << 20, 4096).unwrap();
         assert_eq!(mid, &data[3 << 20..(3 << 20) + 4096]);
+    }
+
+    #[test]
+    fn long_blocks_get_checkpoints_inside_them() {
+        // zlib-rs at level 1 writes blocks of several MiB; a hostile encoder
+        // can write one block for the whole stream.
+        let data = text(6 << 20, 11);
+        let cache = DecompCache::new(64 << 20, 1 << 20);
+        let idx = DeflateIndex::new(stream(&data, 0, 1), cache);
+        let tail = idx.read(None, (6 << 20) - 100, 100).unwrap();
+        assert_eq!(tail, &data[(6 << 20) - 100..]);
+        assert!(idx.checkpoints() >= 5, "{} checkpoints", idx.checkpoints());
+        assert!(
+            idx.checkpoints
+                .lock()
+                .values()
+                .any(|c| matches!(c.state, State::Full(_)))
+        );
+        for at in [(1 << 20) + 5, 3 << 20, (5 << 20) + 77_777, 17] {
+            let got = idx.read(None, at, 200_000).unwrap();
+            assert_eq!(got, &data[at as usize..at as usize + 200_000], "at {at}");
+        }
     }
 
     #[test]
