@@ -233,7 +233,7 @@ fn node_attr(ino: u64, n: &Node) -> Attr {
     }
 }
 
-/// A medium shared by the volume, its open files and inflate workers.
+/// A medium shared by the volume, its open files and deflate indexes.
 pub type SharedMedium = Arc<dyn ReadAt + Send>;
 
 struct Inner {
@@ -728,6 +728,39 @@ mod tests {
         assert_eq!(v.getattr(999).err().unwrap().errno(), libc::ENOENT);
         assert_eq!(v.getattr(0).err().unwrap().errno(), libc::ENOENT);
         assert_eq!(v.parent(d.ino).unwrap(), VOLUME_ROOT);
+    }
+
+    #[test]
+    fn ratio_limits_name_the_member() {
+        let deflated = |size: u64, csize: u64| {
+            let mut m = Member::new(NodeKind::File, meta());
+            m.size = size;
+            m.data = Data::Deflate {
+                offset: 0,
+                csize,
+                crc32: 0,
+            };
+            m
+        };
+        let (v, _d) = volume(vec![0; 10], |b| {
+            b.add(b"small", deflated(1 << 20, 1024));
+            b.add(b"d/bomb", deflated(4 << 20, 4096));
+        });
+        let e = check_ratios(v.index(), "t.zip", 1000).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TooBig);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("member d/bomb") && msg.contains("1024:1"),
+            "{msg}"
+        );
+        check_ratios(v.index(), "t.zip", 2000).unwrap();
+        check_ratios(v.index(), "t.zip", 0).unwrap();
+        let (v, _d) = volume(vec![0; 10], |b| {
+            b.add(b"forged", deflated(1 << 30, 1000));
+        });
+        let e = check_ratios(v.index(), "t.zip", 0).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(e.to_string().contains("member forged"), "{e}");
     }
 
     #[test]
