@@ -19,6 +19,8 @@ pub const DEFAULT_TOML: &str = include_str!("default-config.toml");
 pub struct Config {
     pub mount: MountConfig,
     pub native: NativeConfig,
+    pub cache: CacheConfig,
+    pub archive: ArchiveConfig,
     pub tokens: TokenConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
@@ -77,6 +79,21 @@ pub struct TokenConfig {
     pub default_ttl_secs: u64,
     pub max_ttl_secs: u64,
     pub inactivity_secs: u32,
+}
+
+/// `[cache]`: the budget for decompressed archive data.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    pub budget_mb: u64,
+    pub checkpoint_mb: u64,
+}
+
+/// `[archive]`: what attach accepts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    pub max_ratio: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -141,6 +158,11 @@ impl Config {
                 ttl_secs: 60,
                 direct_io: true,
             },
+            cache: CacheConfig {
+                budget_mb: 256,
+                checkpoint_mb: 4,
+            },
+            archive: ArchiveConfig { max_ratio: 1000 },
             tokens: TokenConfig {
                 default_ttl_secs: 3600,
                 max_ttl_secs: 86400,
@@ -234,6 +256,12 @@ impl Config {
         }
         if self.catalog.startup_check_secs == 0 {
             return Err("catalog.startup_check_secs must be at least 1".into());
+        }
+        if self.cache.budget_mb == 0 || self.cache.budget_mb > 1 << 20 {
+            return Err("cache.budget_mb must be between 1 and 1048576".into());
+        }
+        if self.cache.checkpoint_mb == 0 || self.cache.checkpoint_mb > 1024 {
+            return Err("cache.checkpoint_mb must be between 1 and 1024".into());
         }
         if self.mount.poll_us > 10_000 {
             return Err("mount.poll_us must be at most 10000".into());

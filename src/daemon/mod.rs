@@ -516,6 +516,11 @@ fn load(
     let budget_chunks =
         (opts.config.native.dirty_limit_mb << 20) as usize / crate::store::treehash::LEAF;
     crate::store::buf::set_limit(budget_chunks + opts.config.native.seal_threads * 2);
+    crate::volume::archive::cache::configure(
+        opts.config.cache.budget_mb << 20,
+        opts.config.cache.checkpoint_mb << 20,
+        opts.config.archive.max_ratio,
+    );
     let manager = Arc::new(
         Manager::new(
             core,

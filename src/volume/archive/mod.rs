@@ -3,20 +3,27 @@
 //! The index (see [`index`]) is built once per medium and kept in the
 //! catalog; reads go straight to the medium with `pread`, so a member of any
 //! size costs no extraction and no copy on disk. Deflated zip members are the
-//! exception and go through [`inflate`].
+//! exception: they are read through seek checkpoints ([`deflate_index`]) and
+//! what is inflated is kept within one budget shared by all volumes
+//! ([`cache`]).
 
+pub mod cache;
+pub mod deflate_index;
 pub mod index;
-pub mod inflate;
 pub mod tar;
 pub mod zip;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use serde::{Deserialize, Serialize};
 
+use self::cache::VolumeCache;
+use self::deflate_index::{DeflateIndex, Hold, Stream};
 use self::index::{ArchiveIndex, Data, Meta, Node, NodeKind, ROOT, ReadAt};
-use self::inflate::{InflateCache, Source};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::{DirEntry, OpenFile, VOLUME_ROOT, VolumeFs};
 use crate::fs::types::{Attr, Ctx, FileKind, OpenFlags, StatFs, Timespec};
@@ -103,6 +110,10 @@ pub fn build_index(
         Format::Zip => zip::index_zip(medium, label, implicit, progress),
     });
     match std::panic::catch_unwind(run) {
+        Ok(Ok(idx)) if !idx.stats.over_limit => {
+            check_ratios(&idx, label, cache::max_ratio())?;
+            Ok(idx)
+        }
         Ok(Ok(idx)) if idx.stats.over_limit => Err(Error::new(
             ErrorKind::Unsupported,
             format!(
@@ -117,6 +128,72 @@ pub fn build_index(
             "the archive parser failed on this input (please report it with the archive)",
         )),
     }
+}
+
+/// No valid deflate stream inflates to more than 1032 times its size (a
+/// 258-byte match in two bits); allow some slack for headers.
+const DEFLATE_MAX_RATIO: u64 = 1032;
+/// Members up to this size are never refused for their ratio: a MiB of
+/// zeros legitimately compresses a thousandfold and costs nothing.
+const RATIO_FLOOR: u64 = 1 << 20;
+
+/// Refuses an archive with a compressed member whose declared size is
+/// impossible for its compressed size, or whose ratio passes `max_ratio`
+/// (0: no limit). The declared size is what the archive's directory says;
+/// reads also stop with EIO if the data inflates past it.
+pub fn check_ratios(idx: &ArchiveIndex, label: &str, max_ratio: u64) -> Result<()> {
+    for (i, n) in idx.nodes.iter().enumerate() {
+        let Data::Deflate { csize, .. } = n.data else {
+            continue;
+        };
+        let ratio = n.size.checked_div(csize).unwrap_or(u64::MAX);
+        let possible = csize
+            .saturating_mul(DEFLATE_MAX_RATIO)
+            .saturating_add(64 << 10);
+        if n.size > possible {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{label}: member {}: declares {} bytes from {csize} compressed bytes, more than \
+                     any deflate stream can hold; the archive is damaged or forged",
+                    path_in(idx, i as u32),
+                    n.size
+                ),
+            ));
+        }
+        if max_ratio > 0 && n.size > RATIO_FLOOR && n.size > csize.saturating_mul(max_ratio) {
+            return Err(Error::new(
+                ErrorKind::TooBig,
+                format!(
+                    "{label}: member {}: declares {} bytes from {csize} compressed bytes \
+                     (ratio {ratio}:1, over the limit of {max_ratio}:1); refused as a likely \
+                     decompression bomb (raise [archive] max_ratio to attach it)",
+                    path_in(idx, i as u32),
+                    n.size
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The path of node `node` inside the volume, for messages.
+fn path_in(idx: &ArchiveIndex, node: u32) -> String {
+    let mut parts = Vec::new();
+    let mut cur = node;
+    for _ in 0..4096 {
+        if cur == ROOT {
+            break;
+        }
+        let parent = idx.parent_of(cur);
+        match idx.children(parent).iter().find(|e| e.node == cur) {
+            Some(e) => parts.push(String::from_utf8_lossy(&e.name).into_owned()),
+            None => break,
+        }
+        cur = parent;
+    }
+    parts.reverse();
+    parts.join("/")
 }
 
 /// Converts an index node to the attributes `stat` shows.
@@ -156,14 +233,20 @@ fn node_attr(ino: u64, n: &Node) -> Attr {
     }
 }
 
-/// A medium shared by the volume, its open files and inflate workers.
+/// A medium shared by the volume, its open files and deflate indexes.
 pub type SharedMedium = Arc<dyn ReadAt + Send>;
 
 struct Inner {
     label: String,
     index: ArchiveIndex,
     medium: SharedMedium,
-    inflated: InflateCache,
+    /// Checkpoint indexes of the deflated members read so far. Declared
+    /// before `cache` so their pinned memory is released first when the
+    /// volume goes (fields drop in order) and the release log is exact.
+    deflated: Mutex<HashMap<u32, Arc<DeflateIndex>>>,
+    /// This volume's share of the decompressed-data cache; dropping it
+    /// (detach, once the last open file is closed) frees its blocks.
+    cache: VolumeCache,
     /// Where computed tree hashes are cached: the catalog and this volume's
     /// slot. None in unit tests.
     hashes: Option<(Arc<Catalog>, u32)>,
@@ -175,19 +258,32 @@ pub struct ArchiveVolume {
 }
 
 impl ArchiveVolume {
-    /// `cache_dir` holds inflated zip members (anonymous files).
+    /// Decompressed data goes to the shared cache ([`cache::global`]), in
+    /// memory; `_cache_dir` (the state's cache directory) is no longer
+    /// written to, so a hostile archive cannot fill the hot tier.
     pub fn new(
         label: String,
         index: ArchiveIndex,
         medium: SharedMedium,
-        cache_dir: PathBuf,
+        _cache_dir: PathBuf,
+    ) -> Self {
+        Self::with_cache(label, index, medium, &cache::global())
+    }
+
+    /// As [`Self::new`], with a given shared cache.
+    pub fn with_cache(
+        label: String,
+        index: ArchiveIndex,
+        medium: SharedMedium,
+        shared: &Arc<cache::DecompCache>,
     ) -> Self {
         ArchiveVolume {
             inner: Arc::new(Inner {
+                cache: shared.volume(&label),
                 label,
                 index,
                 medium,
-                inflated: InflateCache::new(cache_dir),
+                deflated: Mutex::new(HashMap::new()),
                 hashes: None,
             }),
         }
@@ -215,6 +311,8 @@ impl ArchiveVolume {
             return Ok(h.into_bytes());
         }
         let size = self.inner.index.nodes[node as usize].size;
+        // Keeps the member's cursor for the pass, so it reads sequentially.
+        let _hold = self.inner.deflate(node).map(|d| d.hold());
         let mut hasher = TreeHasher::new();
         let mut off = 0u64;
         let mut piece = Vec::new();
@@ -293,26 +391,53 @@ impl Inner {
                 }
                 Ok(())
             }
-            Data::Deflate {
-                offset,
-                csize,
-                crc32,
-            } => {
-                let inflated = self.inflated.get(i, || Source {
-                    medium: self.medium.clone(),
-                    offset: *offset,
-                    csize: *csize,
-                    size: n.size,
-                    crc32: *crc32,
-                    label: format!("{}: {}", self.label, self.path_of(i)),
-                })?;
-                *buf = inflated.read(off, len as u32).map_err(|e| {
-                    tracing::error!(medium = %self.label, node = i, offset = off, "{e}");
-                    Error::new(ErrorKind::Integrity, e.to_string())
-                })?;
+            Data::Deflate { .. } => {
+                let Some(d) = self.deflate(i) else {
+                    return err(ErrorKind::Io);
+                };
+                *buf = d
+                    .read(Some((&self.cache, i)), off, len)
+                    .map_err(|e| match e.kind() {
+                        ErrorKind::Corrupt => {
+                            self.cache.purge_node(i);
+                            Error::new(ErrorKind::Integrity, e.to_string())
+                        }
+                        _ => e,
+                    })?;
                 Ok(())
             }
         }
+    }
+
+    /// The checkpoint index of deflated member `i` (None for other nodes).
+    fn deflate(&self, i: u32) -> Option<Arc<DeflateIndex>> {
+        let n = &self.index.nodes[i as usize];
+        let Data::Deflate {
+            offset,
+            csize,
+            crc32,
+        } = n.data
+        else {
+            return None;
+        };
+        let mut map = self.deflated.lock();
+        Some(
+            map.entry(i)
+                .or_insert_with(|| {
+                    DeflateIndex::new(
+                        Stream {
+                            source: self.medium.clone(),
+                            offset,
+                            csize,
+                            size: n.size,
+                            crc32: Some(crc32),
+                            label: format!("{}: {}", self.label, self.path_of(i)),
+                        },
+                        self.cache.shared().clone(),
+                    )
+                })
+                .clone(),
+        )
     }
 
     fn read_medium(&self, buf: &mut [u8], at: u64, node: u32) -> Result<()> {
@@ -333,22 +458,7 @@ impl Inner {
 
     /// The path of a node inside the volume, for messages.
     fn path_of(&self, node: u32) -> String {
-        let idx = &self.index;
-        let mut parts = Vec::new();
-        let mut cur = node;
-        for _ in 0..4096 {
-            if cur == ROOT {
-                break;
-            }
-            let parent = idx.parent_of(cur);
-            match idx.children(parent).iter().find(|e| e.node == cur) {
-                Some(e) => parts.push(String::from_utf8_lossy(&e.name).into_owned()),
-                None => break,
-            }
-            cur = parent;
-        }
-        parts.reverse();
-        parts.join("/")
+        path_in(&self.index, node)
     }
 }
 
@@ -356,6 +466,8 @@ impl Inner {
 struct ArchiveFile {
     inner: Arc<Inner>,
     node: u32,
+    /// For a deflated member: keeps its sequential cursor while open.
+    _hold: Option<Hold>,
 }
 
 impl OpenFile for ArchiveFile {
@@ -469,6 +581,7 @@ impl VolumeFs for ArchiveVolume {
         Ok(Arc::new(ArchiveFile {
             inner: self.inner.clone(),
             node: i,
+            _hold: self.inner.deflate(i).map(|d| d.hold()),
         }))
     }
 
@@ -615,6 +728,39 @@ mod tests {
         assert_eq!(v.getattr(999).err().unwrap().errno(), libc::ENOENT);
         assert_eq!(v.getattr(0).err().unwrap().errno(), libc::ENOENT);
         assert_eq!(v.parent(d.ino).unwrap(), VOLUME_ROOT);
+    }
+
+    #[test]
+    fn ratio_limits_name_the_member() {
+        let deflated = |size: u64, csize: u64| {
+            let mut m = Member::new(NodeKind::File, meta());
+            m.size = size;
+            m.data = Data::Deflate {
+                offset: 0,
+                csize,
+                crc32: 0,
+            };
+            m
+        };
+        let (v, _d) = volume(vec![0; 10], |b| {
+            b.add(b"small", deflated(1 << 20, 1024));
+            b.add(b"d/bomb", deflated(4 << 20, 4096));
+        });
+        let e = check_ratios(v.index(), "t.zip", 1000).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TooBig);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("member d/bomb") && msg.contains("1024:1"),
+            "{msg}"
+        );
+        check_ratios(v.index(), "t.zip", 2000).unwrap();
+        check_ratios(v.index(), "t.zip", 0).unwrap();
+        let (v, _d) = volume(vec![0; 10], |b| {
+            b.add(b"forged", deflated(1 << 30, 1000));
+        });
+        let e = check_ratios(v.index(), "t.zip", 0).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(e.to_string().contains("member forged"), "{e}");
     }
 
     #[test]
