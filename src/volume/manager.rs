@@ -1084,7 +1084,10 @@ impl Manager {
         let _guard = self.lock.lock();
         let rec = self.record(id_or_name)?;
         Self::check_owner(&rec, caller)?;
-        if let Some(m) = self.core.by_slot(rec.slot) {
+        let mounted = self.core.by_slot(rec.slot);
+        Attachment::live(rec.state, mounted.is_some())
+            .transition(Attachment::Destroyed, &rec.id)?;
+        if let Some(m) = mounted {
             let open = m.open_files.load(Ordering::Acquire);
             if open > 0 {
                 return Err(Error::new(
