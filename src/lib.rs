@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod lifecycle;
 pub mod store;
 pub mod token;
 pub mod util;

@@ -79,7 +79,10 @@ impl Service {
             started: util::fmt_utc(self.started_ns),
             uptime_secs: self.started.elapsed().as_secs(),
             volumes: vols.len(),
-            attached: vols.iter().filter(|v| v.state == "attached").count(),
+            attached: vols
+                .iter()
+                .filter(|v| v.state == crate::lifecycle::Attachment::Attached)
+                .count(),
             open_files: self.manager.core().open_handles(),
             hot_chunks,
             hot_bytes,

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use self::ops::{DirEntry, OpenFile, VOLUME_ROOT, VolumeFs};
 use self::types::{Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, StatFs, Timespec};
 use crate::error::{Error, ErrorKind, Result, err};
+use crate::lifecycle::{Attachment, Kind};
 use crate::volume::archive::SharedMedium;
 
 pub const ROOT_INO: u64 = 1;
@@ -61,8 +62,9 @@ pub const SYNTHETIC_TTL: Duration = Duration::from_secs(1);
 pub struct VolumeInfo {
     pub id: String,
     pub name: Option<String>,
-    pub kind: String,
-    pub state: String,
+    pub kind: Kind,
+    /// The attachment state; residency is not shown until shelving exists.
+    pub state: Attachment,
     /// Archive format (tar, zip) or empty.
     #[serde(default)]
     pub format: Option<String>,
@@ -668,8 +670,8 @@ impl Core {
         let info = m.info.read();
         match name {
             XATTR_ID => Some(info.id.clone().into_bytes()),
-            XATTR_KIND => Some(info.kind.clone().into_bytes()),
-            XATTR_STATE => Some(info.state.clone().into_bytes()),
+            XATTR_KIND => Some(info.kind.as_str().as_bytes().to_vec()),
+            XATTR_STATE => Some(info.state.as_str().as_bytes().to_vec()),
             _ => None,
         }
     }

@@ -37,8 +37,8 @@ fn mount_one(core: &Core, slot: u32, id: &str, name: Option<&str>) -> tempfile::
         info: RwLock::new(VolumeInfo {
             id: id.into(),
             name: name.map(str::to_owned),
-            kind: "archive".into(),
-            state: "attached".into(),
+            kind: crate::lifecycle::Kind::Archive,
+            state: crate::lifecycle::Attachment::Attached,
             format: Some("tar".into()),
             medium: None,
             size: 4096,
@@ -207,8 +207,8 @@ fn duplicate_registration_is_refused() {
             info: RwLock::new(VolumeInfo {
                 id: "vol-1111111111111111".into(),
                 name: Some("a".into()),
-                kind: "archive".into(),
-                state: "attached".into(),
+                kind: crate::lifecycle::Kind::Archive,
+                state: crate::lifecycle::Attachment::Attached,
                 format: None,
                 medium: None,
                 size: 0,

@@ -19,6 +19,7 @@ use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::lifecycle::{Attachment, Kind, Residency};
 
 /// Schema migrations; migration `i` takes the schema from version `i` to
 /// `i + 1`. Never edit a released entry: append a new one.
@@ -170,6 +171,12 @@ pub const MIGRATIONS: &[&str] = &[
         UPDATE chunks SET refs = refs - 1 WHERE hash = OLD.hash;
     END;
     "#,
+    // 4: the residency axis of the volume lifecycle (`crate::lifecycle`).
+    // Every volume is hot until shelving exists. Kind and attachment stay
+    // TEXT columns holding the same strings as before.
+    r#"
+    ALTER TABLE volumes ADD COLUMN residency TEXT NOT NULL DEFAULT 'hot';
+    "#,
 ];
 
 /// Pages copied per step of a backup (4 MiB at 4 KiB pages): one step
@@ -269,8 +276,10 @@ pub struct VolumeRecord {
     pub slot: u32,
     pub id: String,
     pub name: Option<String>,
-    pub kind: String,
-    pub state: String,
+    pub kind: Kind,
+    /// As recorded: `attached` or `detached` (see [`Attachment`]).
+    pub state: Attachment,
+    pub residency: Residency,
     pub format: Option<String>,
     pub medium_path: Option<String>,
     pub medium_size: Option<u64>,
@@ -287,15 +296,35 @@ pub struct VolumeRecord {
 }
 
 const VOLUME_COLS: &str = "slot, id, name, kind, state, format, medium_path, medium_size, \
-                           medium_mtime_ns, medium_sample, size, files, created_ns, owner_uid, root_ino";
+                           medium_mtime_ns, medium_sample, size, files, created_ns, owner_uid, root_ino, \
+                           residency";
 
-fn volume_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRecord> {
-    Ok(VolumeRecord {
-        slot: r.get(0)?,
-        id: r.get(1)?,
+/// One volume row. The lifecycle columns are parsed here, at the boundary:
+/// the outer result is SQLite's, the inner one a `corrupt` error naming the
+/// row for a kind or state this fsd does not know.
+fn volume_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<VolumeRecord>> {
+    let slot: u32 = r.get(0)?;
+    let id: String = r.get(1)?;
+    let (kind, state, residency): (String, String, String) = (r.get(3)?, r.get(4)?, r.get(15)?);
+    let lifecycle = (|| -> Result<_> {
+        let row = format!("catalog: volume {id} (slot {slot})");
+        Ok((
+            Kind::parse(&kind, &row)?,
+            Attachment::parse(&state, &row)?,
+            Residency::parse(&residency, &row)?,
+        ))
+    })();
+    let (kind, state, residency) = match lifecycle {
+        Ok(l) => l,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(Ok(VolumeRecord {
+        slot,
+        id,
         name: r.get(2)?,
-        kind: r.get(3)?,
-        state: r.get(4)?,
+        kind,
+        state,
+        residency,
         format: r.get(5)?,
         medium_path: r.get(6)?,
         medium_size: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
@@ -306,7 +335,7 @@ fn volume_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRecord> {
         created_ns: r.get(12)?,
         owner_uid: r.get(13)?,
         root_ino: r.get(14)?,
-    })
+    }))
 }
 
 fn now_ns() -> i64 {
@@ -598,7 +627,9 @@ impl Catalog {
         let conn = self.conn();
         let mut st = conn.prepare(&format!("SELECT {VOLUME_COLS} FROM volumes ORDER BY slot"))?;
         let rows = st.query_map([], volume_row)?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .collect()
     }
 
     /// Finds a volume by ID or, failing that, by name.
@@ -612,26 +643,26 @@ impl Catalog {
             )
             .optional()?;
         if by_id.is_some() {
-            return Ok(by_id);
+            return by_id.transpose();
         }
-        Ok(conn
-            .query_row(
-                &format!("SELECT {VOLUME_COLS} FROM volumes WHERE name = ?1"),
-                [id_or_name],
-                volume_row,
-            )
-            .optional()?)
+        conn.query_row(
+            &format!("SELECT {VOLUME_COLS} FROM volumes WHERE name = ?1"),
+            [id_or_name],
+            volume_row,
+        )
+        .optional()?
+        .transpose()
     }
 
     pub fn find_by_medium(&self, path: &str) -> Result<Option<VolumeRecord>> {
-        Ok(self
-            .conn()
+        self.conn()
             .query_row(
                 &format!("SELECT {VOLUME_COLS} FROM volumes WHERE medium_path = ?1"),
                 [path],
                 volume_row,
             )
-            .optional()?)
+            .optional()?
+            .transpose()
     }
 
     pub fn name_taken(&self, name: &str, except_slot: Option<u32>) -> Result<bool> {
@@ -652,13 +683,13 @@ impl Catalog {
         tx.execute(
             "INSERT INTO volumes (id, name, kind, state, format, medium_path, medium_size,
                                   medium_mtime_ns, medium_sample, size, files, created_ns, updated_ns,
-                                  owner_uid, root_ino)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14)",
+                                  owner_uid, root_ino, residency)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15)",
             params![
                 v.id,
                 v.name,
-                v.kind,
-                v.state,
+                v.kind.as_str(),
+                v.state.as_str(),
                 v.format,
                 v.medium_path,
                 v.medium_size.map(|s| s as i64),
@@ -668,7 +699,8 @@ impl Catalog {
                 v.files as i64,
                 now,
                 v.owner_uid,
-                v.root_ino
+                v.root_ino,
+                v.residency.as_str()
             ],
         )
         .map_err(|e| unique_violation(e, v))?;
@@ -715,10 +747,12 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn set_state(&self, slot: u32, state: &str) -> Result<()> {
+    /// Records a volume's attachment. The caller has checked the change
+    /// with [`Attachment::can_go_to`].
+    pub fn set_state(&self, slot: u32, state: Attachment) -> Result<()> {
         self.conn().execute(
             "UPDATE volumes SET state = ?2, updated_ns = ?3 WHERE slot = ?1",
-            params![slot, state, now_ns()],
+            params![slot, state.as_str(), now_ns()],
         )?;
         Ok(())
     }
@@ -833,8 +867,9 @@ mod tests {
             slot: 0,
             id: id.into(),
             name: name.map(Into::into),
-            kind: "archive".into(),
-            state: "attached".into(),
+            kind: Kind::Archive,
+            state: Attachment::Attached,
+            residency: Residency::Hot,
             format: Some("tar".into()),
             medium_path: medium.map(Into::into),
             medium_size: Some(10),
@@ -1030,8 +1065,71 @@ mod tests {
         assert_eq!(sync(&c), 1, "synchronous=NORMAL after an upgrade");
         let v = c.find_volume("vol-old").unwrap().unwrap();
         assert_eq!(v.root_ino, None);
+        assert_eq!((v.kind, v.state), (Kind::Archive, Attachment::Attached));
+        assert_eq!(
+            v.residency,
+            Residency::Hot,
+            "migration 4 makes every volume hot"
+        );
         c.set_treehash(v.slot, 5, "ab").unwrap();
         assert_eq!(c.treehash(v.slot, 5).unwrap().as_deref(), Some("ab"));
+    }
+
+    /// The lifecycle columns round-trip as the strings of before, and a
+    /// value this fsd does not know is a `corrupt` error naming the row,
+    /// from every way of reading volumes.
+    #[test]
+    fn lifecycle_columns_are_parsed_at_the_boundary() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&d.path().join("c.db")).unwrap();
+        let slot = c
+            .insert_volume(&rec("vol-1", Some("a"), Some("/m")), None)
+            .unwrap();
+        c.set_state(slot, Attachment::Detached).unwrap();
+        let raw = |col: &str| -> String {
+            c.conn()
+                .query_row(
+                    &format!("SELECT {col} FROM volumes WHERE slot = ?1"),
+                    [slot],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(
+            (raw("kind"), raw("state"), raw("residency")),
+            ("archive".into(), "detached".into(), "hot".into())
+        );
+        assert_eq!(
+            c.find_volume("a").unwrap().unwrap().state,
+            Attachment::Detached
+        );
+        for (col, bad) in [
+            ("kind", "drive"),
+            ("state", "Attached"),
+            ("residency", "cold"),
+        ] {
+            c.conn()
+                .execute(
+                    &format!("UPDATE volumes SET {col} = ?2 WHERE slot = ?1"),
+                    params![slot, bad],
+                )
+                .unwrap();
+            for e in [
+                c.volumes().err().unwrap(),
+                c.find_volume("vol-1").err().unwrap(),
+                c.find_volume("a").err().unwrap(),
+                c.find_by_medium("/m").err().unwrap(),
+            ] {
+                assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+                let msg = e.to_string();
+                assert!(msg.contains("vol-1") && msg.contains(bad), "{msg}");
+            }
+            let _ = c.conn().execute(
+                "UPDATE volumes SET kind = 'archive', state = 'attached', residency = 'hot'",
+                [],
+            );
+        }
+        assert_eq!(c.volumes().unwrap().len(), 1);
     }
 
     #[test]

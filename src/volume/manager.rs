@@ -30,6 +30,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fs::perm::Caller;
 use crate::fs::types::Timespec;
 use crate::fs::{Core, MEDIA_INO, Mounted, VOLUMES_INO, VolumeInfo};
+use crate::lifecycle::{Attachment, Kind, Residency};
 use crate::store::catalog::{Catalog, VolumeRecord};
 use crate::store::chunks::Orphans;
 use crate::util;
@@ -361,12 +362,12 @@ impl Manager {
         }
     }
 
-    fn info(rec: &VolumeRecord, state: &str) -> VolumeInfo {
+    fn info(rec: &VolumeRecord, state: Attachment) -> VolumeInfo {
         VolumeInfo {
             id: rec.id.clone(),
             name: rec.name.clone(),
-            kind: rec.kind.clone(),
-            state: state.to_string(),
+            kind: rec.kind,
+            state,
             format: rec.format.clone(),
             medium: rec.medium_path.clone(),
             size: rec.size,
@@ -387,7 +388,7 @@ impl Manager {
             .with_hash_cache(self.catalog.clone(), rec.slot);
         let m = Arc::new(Mounted {
             slot: rec.slot,
-            info: RwLock::new(Self::info(rec, "attached")),
+            info: RwLock::new(Self::info(rec, Attachment::Attached)),
             fs: Arc::new(fs),
             medium: Some(medium),
             ttl: self.archive_ttl,
@@ -525,7 +526,7 @@ impl Manager {
         let existing = self.catalog.find_by_medium(&medium_path)?;
         let budget = self.attach_budget(caller, existing.as_ref())?;
         if let Some(mut rec) = existing {
-            if rec.kind != "archive" {
+            if rec.kind != Kind::Archive {
                 return Err(Error::new(
                     ErrorKind::Exists,
                     format!("{label} belongs to {} volume {}", rec.kind, rec.id),
@@ -541,6 +542,10 @@ impl Manager {
                 ));
             }
             let mounted = self.core.by_slot(rec.slot);
+            // Detached, missing, or attached with a changed medium: each
+            // may become attached (a destroyed volume has no record).
+            let attached = Attachment::live(rec.state, mounted.is_some())
+                .transition(Attachment::Attached, &rec.id)?;
             let stored = self.stored_index(&rec, &id);
             if let (Some(m), Some(_)) = (&mounted, &stored) {
                 // Already attached and unchanged: idempotent. A new name is
@@ -595,7 +600,7 @@ impl Manager {
                 self.core.unregister(m.slot);
                 self.invalidate(&m.info.read());
             }
-            self.catalog.set_state(rec.slot, "attached")?;
+            self.catalog.set_state(rec.slot, attached)?;
             let m = self.mount_archive(&rec, index, Owned::shared(medium, &meta))?;
             let info = m.info.read().clone();
             let _ = self
@@ -626,8 +631,9 @@ impl Manager {
             slot: 0,
             id: util::new_volume_id()?,
             name,
-            kind: "archive".into(),
-            state: "attached".into(),
+            kind: Kind::Archive,
+            state: Attachment::Attached,
+            residency: Residency::Hot,
             format: Some(index.format.split(' ').next().unwrap_or("tar").to_string()),
             medium_path: Some(medium_path),
             medium_size: Some(id.size),
@@ -688,9 +694,9 @@ impl Manager {
             .volumes()?
             .into_iter()
             .filter(|r| {
-                r.kind == "archive"
+                r.kind == Kind::Archive
                     && r.owner_uid == caller.uid
-                    && r.state == "attached"
+                    && r.state == Attachment::Attached
                     && Some(r.slot) != except
             })
             .collect();
@@ -781,7 +787,9 @@ impl Manager {
         let _guard = self.lock.lock();
         let rec = self.record(id_or_name)?;
         Self::check_owner(&rec, caller)?;
-        let Some(m) = self.core.by_slot(rec.slot) else {
+        let mounted = self.core.by_slot(rec.slot);
+        let live = Attachment::live(rec.state, mounted.is_some());
+        let (Some(m), true) = (mounted, live.can_go_to(Attachment::Detached)) else {
             return Err(Error::new(
                 ErrorKind::Invalid,
                 format!("{}: not attached (state {})", rec.id, rec.state),
@@ -799,16 +807,16 @@ impl Manager {
                 ),
             ));
         }
-        self.catalog.set_state(rec.slot, "detached")?;
+        self.catalog.set_state(rec.slot, Attachment::Detached)?;
         self.core.unregister(rec.slot);
-        m.info.write().state = "detached".into();
+        m.info.write().state = Attachment::Detached;
         self.invalidate(&m.info.read());
         let _ = self.catalog.event(
             Some(&rec.id),
             "info",
             &format!("detached{}", if open > 0 { " (forced)" } else { "" }),
         );
-        Ok(Self::info(&rec, "detached"))
+        Ok(Self::info(&rec, Attachment::Detached))
     }
 
     /// Every volume the catalog knows, with its live state.
@@ -817,19 +825,12 @@ impl Manager {
         for rec in self.catalog.volumes()? {
             match self.core.by_slot(rec.slot) {
                 Some(m) => {
-                    if rec.kind == "native" {
+                    if rec.kind == Kind::Native {
                         self.refresh_usage(&m);
                     }
                     out.push(m.info.read().clone())
                 }
-                None => {
-                    let state = if rec.state == "attached" {
-                        "missing"
-                    } else {
-                        rec.state.as_str()
-                    };
-                    out.push(Self::info(&rec, state));
-                }
+                None => out.push(Self::info(&rec, Attachment::live(rec.state, false))),
             }
         }
         Ok(out)
@@ -840,22 +841,15 @@ impl Manager {
         let mounted = self.core.by_slot(rec.slot);
         let info = match &mounted {
             Some(m) => {
-                if rec.kind == "native" {
+                if rec.kind == Kind::Native {
                     self.refresh_usage(m);
                 }
                 m.info.read().clone()
             }
-            None => Self::info(
-                &rec,
-                if rec.state == "attached" {
-                    "missing"
-                } else {
-                    &rec.state
-                },
-            ),
+            None => Self::info(&rec, Attachment::live(rec.state, false)),
         };
         let index = match &mounted {
-            Some(_) | None if rec.kind == "archive" => self
+            Some(_) | None if rec.kind == Kind::Archive => self
                 .catalog
                 .archive_index(rec.slot)?
                 .and_then(|(_, b)| ArchiveIndex::from_bytes(&b))
@@ -888,13 +882,12 @@ impl Manager {
             self.recover_natives(orphans)?;
         }
         for rec in self.catalog.volumes()? {
-            if rec.state != "attached" {
+            if rec.state != Attachment::Attached {
                 continue;
             }
-            let r = match rec.kind.as_str() {
-                "archive" => self.reload_archive(&rec),
-                "native" => self.mount_native(&rec).map(|_| ()),
-                _ => continue,
+            let r = match rec.kind {
+                Kind::Archive => self.reload_archive(&rec),
+                Kind::Native => self.mount_native(&rec).map(|_| ()),
             };
             match r {
                 Ok(()) => ok += 1,
@@ -920,7 +913,7 @@ impl Manager {
     fn recover_natives(&self, policy: Orphans) -> Result<()> {
         let mut orphans = 0;
         for rec in self.catalog.volumes()? {
-            if rec.kind != "native" {
+            if rec.kind != Kind::Native {
                 continue;
             }
             let mut conn = self.catalog.conn();
@@ -989,7 +982,7 @@ impl Manager {
         }
         let m = Arc::new(Mounted {
             slot: rec.slot,
-            info: RwLock::new(Self::info(rec, "attached")),
+            info: RwLock::new(Self::info(rec, Attachment::Attached)),
             fs: Arc::new(fs),
             medium: None,
             ttl: self.native_ttl,
@@ -1019,7 +1012,7 @@ impl Manager {
                 .catalog
                 .volumes()?
                 .iter()
-                .filter(|r| r.kind == "native" && r.owner_uid == caller.uid)
+                .filter(|r| r.kind == Kind::Native && r.owner_uid == caller.uid)
                 .count() as u64;
             if mine >= max {
                 return Err(Error::new(
@@ -1042,8 +1035,9 @@ impl Manager {
             slot: 0,
             id: util::new_volume_id()?,
             name: Some(name.to_string()),
-            kind: "native".into(),
-            state: "attached".into(),
+            kind: Kind::Native,
+            state: Attachment::Attached,
+            residency: Residency::Hot,
             format: None,
             medium_path: None,
             medium_size: None,
@@ -1090,7 +1084,10 @@ impl Manager {
         let _guard = self.lock.lock();
         let rec = self.record(id_or_name)?;
         Self::check_owner(&rec, caller)?;
-        if let Some(m) = self.core.by_slot(rec.slot) {
+        let mounted = self.core.by_slot(rec.slot);
+        Attachment::live(rec.state, mounted.is_some())
+            .transition(Attachment::Destroyed, &rec.id)?;
+        if let Some(m) = mounted {
             let open = m.open_files.load(Ordering::Acquire);
             if open > 0 {
                 return Err(Error::new(
@@ -1134,7 +1131,7 @@ impl Manager {
         }
         native_file::collect(&self.native);
         let _ = self.catalog.event(Some(&rec.id), "info", "destroyed");
-        Ok(Self::info(&rec, "destroyed"))
+        Ok(Self::info(&rec, Attachment::Destroyed))
     }
 
     /// `tokenctl fsck --catalog`: the full integrity check of the catalog
@@ -1161,7 +1158,7 @@ impl Manager {
             Some(v) => {
                 let rec = self.record(v)?;
                 Self::check_owner(&rec, caller)?;
-                if rec.kind != "native" {
+                if rec.kind != Kind::Native {
                     return Err(Error::new(
                         ErrorKind::Invalid,
                         format!(
@@ -1182,7 +1179,7 @@ impl Manager {
                 self.catalog
                     .volumes()?
                     .into_iter()
-                    .filter(|r| r.kind == "native")
+                    .filter(|r| r.kind == Kind::Native)
                     .map(|r| (r.slot, r.id))
                     .collect()
             }
