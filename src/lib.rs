@@ -12,6 +12,7 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod store;
+pub mod tier;
 pub mod token;
 pub mod util;
 pub mod volume;
