@@ -1,3 +1,4 @@
+pub mod access;
 pub mod buf;
 pub mod catalog;
 pub mod chunks;

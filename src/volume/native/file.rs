@@ -37,6 +37,7 @@ use super::sealer::{Budget, Sealer};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::Shared;
 use crate::fs::types::Timespec;
+use crate::store::access::ChunkAccess;
 use crate::store::buf::ChunkBuf;
 use crate::store::catalog::Catalog;
 use crate::store::chunks::{ChunkStore, Pin, hex};
@@ -52,6 +53,9 @@ pub const MAX_FILE: u64 = 1 << 52;
 pub struct Env {
     pub catalog: Arc<Catalog>,
     pub store: Arc<ChunkStore>,
+    /// Every read of chunk data goes through here (see
+    /// [`crate::store::access`]), not to `store` directly.
+    pub chunks: Arc<dyn ChunkAccess>,
     pub sealer: Arc<Sealer>,
     pub budget: Arc<Budget>,
     pub watch: Watch,
@@ -350,7 +354,8 @@ impl Files {
         let mut buf = ChunkBuf::new();
         if let Some(e) = st.extents.get(&idx) {
             buf.resize(e.len as usize);
-            self.store()
+            self.env
+                .chunks
                 .read(&e.hash, 0, &mut buf)
                 .map_err(|err| self.data_error(err, idx * LEAF64))?;
         }
@@ -421,7 +426,8 @@ impl Files {
                     // short last chunk) reads as zeros after its end.
                     dst[b - a..].fill(0);
                     if b > a {
-                        self.store()
+                        self.env
+                            .chunks
                             .read(pin.hash(), a, &mut dst[..b - a])
                             .map_err(|e| {
                                 tracing::error!(
@@ -446,7 +452,8 @@ impl Files {
         if let Some(e) = st.extents.get(&idx) {
             let to = b.min(e.len as usize);
             if a < to {
-                self.store()
+                self.env
+                    .chunks
                     .read(&e.hash, a, &mut v[..to - a])
                     .map_err(|err| self.data_error(err, idx * LEAF64 + a as u64))?;
             }
@@ -468,7 +475,8 @@ impl Files {
             match base {
                 Some(e) if ps < e.len as usize => {
                     let m = (e.len as usize - ps).min(patch::PAGE);
-                    self.store()
+                    self.env
+                        .chunks
                         .read(&e.hash, ps, &mut page[..m])
                         .map_err(|err| self.data_error(err, idx * LEAF64 + ps as u64))
                 }
