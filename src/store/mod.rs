@@ -4,5 +4,6 @@ pub mod catalog;
 pub mod chunks;
 pub mod crc;
 pub mod guard;
+pub mod reaper;
 pub mod spares;
 pub mod treehash;

@@ -41,6 +41,7 @@ use crate::store::access::ChunkAccess;
 use crate::store::buf::ChunkBuf;
 use crate::store::catalog::Catalog;
 use crate::store::chunks::{ChunkStore, Pin, hex};
+use crate::store::reaper::{self, Reaper};
 use crate::store::treehash::{self, Hash, LEAF};
 
 const LEAF64: u64 = LEAF as u64;
@@ -1134,17 +1135,9 @@ impl Files {
 /// Removes an uncommitted chunk's file unless the catalog references it;
 /// if someone holds a pin on it right now, remembers it for later.
 pub(super) fn discard_one(env: &Env, h: Hash) {
-    match env
-        .store
-        .remove_unless_pinned(&h, || Ok(!meta::chunk_known(&env.catalog.conn(), &h)?))
-    {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            env.stale.lock().insert(h);
-        }
-        // Start-up's orphan check removes a file left here.
-        Err(e) => tracing::warn!("discarding chunk {}: {e}", crate::store::chunks::hex(&h)),
-    }
+    reaper::discard_one(&env.store, &env.stale, h, || {
+        meta::chunk_known(&env.catalog.conn(), &h)
+    });
 }
 
 /// Lets go of a sealed, never committed chunk that a newer seal of the same
@@ -1159,16 +1152,12 @@ fn release_superseded(env: &Env, pin: Pin) {
     collect_soon(env);
 }
 
-/// Chunks removed per catalog transaction by [`collect`].
-const COLLECT_BATCH: usize = 256;
-
 /// Removes chunks that nothing references any more, and retries stale
 /// uncommitted ones. Synchronous: management operations (destroy, start-up,
 /// fsck, status, token expiry) call it to settle the store; the file paths
 /// (unlink, rename over a file, commit) call [`collect_soon`] instead.
 pub fn collect(env: &Env) {
-    let _one_at_a_time = env.reaper.collecting.lock();
-    collect_locked(env);
+    reaper::collect(env);
 }
 
 /// [`collect`] for a caller that holds `env.reaper.collecting` (fsck, so
@@ -1185,64 +1174,31 @@ pub fn collect_locked(env: &Env) {
             return;
         }
     };
-    for batch in free.chunks(COLLECT_BATCH) {
-        let r = env.store.remove_unpinned_batch(batch, |hs| {
-            meta::drop_chunks_if_free(&mut env.catalog.conn(), hs)
-        });
-        if let Err(e) = r {
-            tracing::warn!("collecting unreferenced chunks: {e}");
-        }
+    reaper::remove_free(&env.store, &free, |hs| {
+        meta::drop_chunks_if_free(&mut env.catalog.conn(), hs)
+    });
+}
+
+/// Asks the reaper thread (see [`crate::store::reaper`]) to collect
+/// unreferenced chunks soon.
+pub fn collect_soon(env: &Env) {
+    env.reaper.wake();
+}
+
+/// The native volumes' catalog is what references chunks.
+impl reaper::Collect for Env {
+    fn reaper(&self) -> &Arc<Reaper> {
+        &self.reaper
+    }
+
+    fn collect_locked(&self) {
+        collect_locked(self);
     }
 }
 
-/// Asks the reaper thread to collect unreferenced chunks. An unlink then
-/// costs one catalog transaction on the caller's path; the chunk rows and
-/// files go in batches in the background (as ext4 and XFS free the blocks
-/// of unlinked inodes lazily). Nothing is lost if the daemon dies first:
-/// start-up collects every unreferenced chunk.
-pub fn collect_soon(env: &Env) {
-    let mut p = env.reaper.pending.lock();
-    *p = true;
-    env.reaper.cv.notify_one();
-}
-
-/// The wake-up of the background collector (see [`collect_soon`]).
-#[derive(Default)]
-pub struct Reaper {
-    pending: Mutex<bool>,
-    cv: Condvar,
-    /// Held for a whole collection: the reaper thread and the management
-    /// operations that collect take turns, and fsck never sees a chunk
-    /// whose row is gone but whose file is not yet.
-    pub collecting: Mutex<()>,
-}
-
-/// Starts the reaper thread. It collects when woken and at least once a
-/// second, which also retries chunks whose removal a reader's pin delayed
-/// (one indexed query when there is nothing to do), and returns chunk
-/// buffers that sat idle in the pool to the kernel. It holds the
-/// environment weakly and ends once the daemon drops it.
+/// Starts the reaper thread (see [`reaper::start`]).
 pub fn start_reaper(env: &Arc<Env>) -> Result<()> {
-    let weak = Arc::downgrade(env);
-    let r = env.reaper.clone();
-    std::thread::Builder::new()
-        .name("fsd-reaper".into())
-        .spawn(move || {
-            loop {
-                {
-                    let mut p = r.pending.lock();
-                    if !*p {
-                        r.cv.wait_for(&mut p, Duration::from_secs(1));
-                    }
-                    *p = false;
-                }
-                let Some(env) = weak.upgrade() else { return };
-                collect(&env);
-                crate::store::buf::trim();
-            }
-        })
-        .map_err(|e| Error::io("starting the chunk reaper thread", e))?;
-    Ok(())
+    reaper::start(env)
 }
 
 #[cfg(test)]
