@@ -13,6 +13,7 @@ pub mod fs;
 pub mod fuse;
 pub mod lifecycle;
 pub mod store;
+pub mod tier;
 pub mod token;
 pub mod util;
 pub mod volume;

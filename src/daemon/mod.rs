@@ -501,6 +501,7 @@ fn load(
         .map_err(|e| Fatal::new(exit::STATE_DIR, e))?;
     let env = Arc::new(Env {
         catalog: catalog.clone(),
+        chunks: crate::store::access::HotChunks::new(store.clone()),
         store,
         sealer: Sealer::new(opts.config.native.seal_threads),
         budget: Budget::new(opts.config.native.dirty_limit_mb << 20),

@@ -1,7 +1,9 @@
+pub mod access;
 pub mod buf;
 pub mod catalog;
 pub mod chunks;
 pub mod crc;
 pub mod guard;
+pub mod reaper;
 pub mod spares;
 pub mod treehash;

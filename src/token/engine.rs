@@ -176,7 +176,9 @@ fn hexdecode(s: &str) -> Result<Vec<u8>> {
 
 /// A persistent token's snapshot of a native file, as a transfer source.
 struct Snapshot {
+    /// For pins; the data is read through `access`.
     store: Arc<ChunkStore>,
+    access: Arc<dyn crate::store::access::ChunkAccess>,
     chunks: BTreeMap<u64, (Hash, u32)>,
     size: u64,
 }
@@ -201,7 +203,7 @@ impl Snapshot {
             let stored = match self.chunks.get(&idx) {
                 Some((h, l)) => {
                     let stop = b.min(*l as usize).max(a);
-                    self.store.read(h, a, &mut piece[..stop - a])?;
+                    self.access.read(h, a, &mut piece[..stop - a])?;
                     stop - a
                 }
                 None => 0,
@@ -882,6 +884,7 @@ impl Offload {
         let src: &dyn Source = if row.rod_type == ROD_PERSISTENT && row.medium_sample.is_none() {
             snap = Snapshot {
                 store: self.store.clone(),
+                access: self.env.chunks.clone(),
                 chunks: store::snapshot(&self.catalog, row.id)?,
                 size: row.source_size,
             };
@@ -1037,6 +1040,7 @@ mod tests {
         let mut chunks = BTreeMap::new();
         chunks.insert(1u64, (h, LEAF as u32));
         let s = Snapshot {
+            access: crate::store::access::HotChunks::new(store.clone()),
             store,
             chunks,
             size: 2 * LEAF64 + 10,

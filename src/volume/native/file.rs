@@ -37,9 +37,11 @@ use super::sealer::{Budget, Sealer};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::Shared;
 use crate::fs::types::Timespec;
+use crate::store::access::ChunkAccess;
 use crate::store::buf::ChunkBuf;
 use crate::store::catalog::Catalog;
 use crate::store::chunks::{ChunkStore, Pin, hex};
+use crate::store::reaper::{self, Reaper};
 use crate::store::treehash::{self, Hash, LEAF};
 
 const LEAF64: u64 = LEAF as u64;
@@ -52,6 +54,9 @@ pub const MAX_FILE: u64 = 1 << 52;
 pub struct Env {
     pub catalog: Arc<Catalog>,
     pub store: Arc<ChunkStore>,
+    /// Every read of chunk data goes through here (see
+    /// [`crate::store::access`]), not to `store` directly.
+    pub chunks: Arc<dyn ChunkAccess>,
     pub sealer: Arc<Sealer>,
     pub budget: Arc<Budget>,
     pub watch: Watch,
@@ -350,7 +355,8 @@ impl Files {
         let mut buf = ChunkBuf::new();
         if let Some(e) = st.extents.get(&idx) {
             buf.resize(e.len as usize);
-            self.store()
+            self.env
+                .chunks
                 .read(&e.hash, 0, &mut buf)
                 .map_err(|err| self.data_error(err, idx * LEAF64))?;
         }
@@ -421,7 +427,8 @@ impl Files {
                     // short last chunk) reads as zeros after its end.
                     dst[b - a..].fill(0);
                     if b > a {
-                        self.store()
+                        self.env
+                            .chunks
                             .read(pin.hash(), a, &mut dst[..b - a])
                             .map_err(|e| {
                                 tracing::error!(
@@ -446,7 +453,8 @@ impl Files {
         if let Some(e) = st.extents.get(&idx) {
             let to = b.min(e.len as usize);
             if a < to {
-                self.store()
+                self.env
+                    .chunks
                     .read(&e.hash, a, &mut v[..to - a])
                     .map_err(|err| self.data_error(err, idx * LEAF64 + a as u64))?;
             }
@@ -468,7 +476,8 @@ impl Files {
             match base {
                 Some(e) if ps < e.len as usize => {
                     let m = (e.len as usize - ps).min(patch::PAGE);
-                    self.store()
+                    self.env
+                        .chunks
                         .read(&e.hash, ps, &mut page[..m])
                         .map_err(|err| self.data_error(err, idx * LEAF64 + ps as u64))
                 }
@@ -1126,17 +1135,9 @@ impl Files {
 /// Removes an uncommitted chunk's file unless the catalog references it;
 /// if someone holds a pin on it right now, remembers it for later.
 pub(super) fn discard_one(env: &Env, h: Hash) {
-    match env
-        .store
-        .remove_unless_pinned(&h, || Ok(!meta::chunk_known(&env.catalog.conn(), &h)?))
-    {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            env.stale.lock().insert(h);
-        }
-        // Start-up's orphan check removes a file left here.
-        Err(e) => tracing::warn!("discarding chunk {}: {e}", crate::store::chunks::hex(&h)),
-    }
+    reaper::discard_one(&env.store, &env.stale, h, || {
+        meta::chunk_known(&env.catalog.conn(), &h)
+    });
 }
 
 /// Lets go of a sealed, never committed chunk that a newer seal of the same
@@ -1151,16 +1152,12 @@ fn release_superseded(env: &Env, pin: Pin) {
     collect_soon(env);
 }
 
-/// Chunks removed per catalog transaction by [`collect`].
-const COLLECT_BATCH: usize = 256;
-
 /// Removes chunks that nothing references any more, and retries stale
 /// uncommitted ones. Synchronous: management operations (destroy, start-up,
 /// fsck, status, token expiry) call it to settle the store; the file paths
 /// (unlink, rename over a file, commit) call [`collect_soon`] instead.
 pub fn collect(env: &Env) {
-    let _one_at_a_time = env.reaper.collecting.lock();
-    collect_locked(env);
+    reaper::collect(env);
 }
 
 /// [`collect`] for a caller that holds `env.reaper.collecting` (fsck, so
@@ -1177,64 +1174,31 @@ pub fn collect_locked(env: &Env) {
             return;
         }
     };
-    for batch in free.chunks(COLLECT_BATCH) {
-        let r = env.store.remove_unpinned_batch(batch, |hs| {
-            meta::drop_chunks_if_free(&mut env.catalog.conn(), hs)
-        });
-        if let Err(e) = r {
-            tracing::warn!("collecting unreferenced chunks: {e}");
-        }
+    reaper::remove_free(&env.store, &free, |hs| {
+        meta::drop_chunks_if_free(&mut env.catalog.conn(), hs)
+    });
+}
+
+/// Asks the reaper thread (see [`crate::store::reaper`]) to collect
+/// unreferenced chunks soon.
+pub fn collect_soon(env: &Env) {
+    env.reaper.wake();
+}
+
+/// The native volumes' catalog is what references chunks.
+impl reaper::Collect for Env {
+    fn reaper(&self) -> &Arc<Reaper> {
+        &self.reaper
+    }
+
+    fn collect_locked(&self) {
+        collect_locked(self);
     }
 }
 
-/// Asks the reaper thread to collect unreferenced chunks. An unlink then
-/// costs one catalog transaction on the caller's path; the chunk rows and
-/// files go in batches in the background (as ext4 and XFS free the blocks
-/// of unlinked inodes lazily). Nothing is lost if the daemon dies first:
-/// start-up collects every unreferenced chunk.
-pub fn collect_soon(env: &Env) {
-    let mut p = env.reaper.pending.lock();
-    *p = true;
-    env.reaper.cv.notify_one();
-}
-
-/// The wake-up of the background collector (see [`collect_soon`]).
-#[derive(Default)]
-pub struct Reaper {
-    pending: Mutex<bool>,
-    cv: Condvar,
-    /// Held for a whole collection: the reaper thread and the management
-    /// operations that collect take turns, and fsck never sees a chunk
-    /// whose row is gone but whose file is not yet.
-    pub collecting: Mutex<()>,
-}
-
-/// Starts the reaper thread. It collects when woken and at least once a
-/// second, which also retries chunks whose removal a reader's pin delayed
-/// (one indexed query when there is nothing to do), and returns chunk
-/// buffers that sat idle in the pool to the kernel. It holds the
-/// environment weakly and ends once the daemon drops it.
+/// Starts the reaper thread (see [`reaper::start`]).
 pub fn start_reaper(env: &Arc<Env>) -> Result<()> {
-    let weak = Arc::downgrade(env);
-    let r = env.reaper.clone();
-    std::thread::Builder::new()
-        .name("fsd-reaper".into())
-        .spawn(move || {
-            loop {
-                {
-                    let mut p = r.pending.lock();
-                    if !*p {
-                        r.cv.wait_for(&mut p, Duration::from_secs(1));
-                    }
-                    *p = false;
-                }
-                let Some(env) = weak.upgrade() else { return };
-                collect(&env);
-                crate::store::buf::trim();
-            }
-        })
-        .map_err(|e| Error::io("starting the chunk reaper thread", e))?;
-    Ok(())
+    reaper::start(env)
 }
 
 #[cfg(test)]

@@ -81,10 +81,10 @@ pub fn run(env: &Env, targets: &[Target], whole: bool, repair: bool) -> Result<R
     hashes.sort();
     for h in &hashes {
         rep.chunks += 1;
-        match env.store.verify(h) {
+        match env.chunks.verify(h) {
             Ok(n) => rep.bytes_verified += u64::from(n),
             Err(e) => {
-                let kind = if env.store.contains(h) {
+                let kind = if env.chunks.is_hot(h) {
                     "corrupt_chunk"
                 } else {
                     "missing_chunk"
