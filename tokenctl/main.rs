@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fsd::config;
-use fsd::control::Request;
+use fsd::control::calls;
 use fsd::control::client::Client;
 use fsd::error::Error;
 use fsd::error::ErrorKind;
@@ -248,18 +248,7 @@ fn run(cli: &Cli) -> Result<u8, Error> {
     // or is stopped for a restore).
     if let Cmd::Fsck { catalog: true, .. } = &cli.cmd {
         let report = match Client::connect(&socket_path(cli)) {
-            Ok(mut c) => {
-                let v = c.call(
-                    &Request::Fsck {
-                        volume: None,
-                        repair: false,
-                        catalog: true,
-                    },
-                    &mut |_, _| {},
-                )?;
-                serde_json::from_value(v)
-                    .map_err(|e| Error::new(fsd::error::ErrorKind::Protocol, e.to_string()))?
-            }
+            Ok(mut c) => c.call(&calls::FsckCatalog, &mut |_, _| {})?,
             Err(_) => {
                 let state = cli.state.clone().unwrap_or_else(config::default_state_dir);
                 fsd::store::guard::check_offline(&state)?
@@ -271,7 +260,7 @@ fn run(cli: &Cli) -> Result<u8, Error> {
     match &cli.cmd {
         Cmd::Attach { path, name, format } => {
             let (abs, medium) = open_medium(path)?;
-            let req = Request::Attach {
+            let req = calls::Attach {
                 path: abs.to_string_lossy().into_owned(),
                 name: name.clone(),
                 format: match format {
@@ -289,19 +278,24 @@ fn run(cli: &Cli) -> Result<u8, Error> {
             bar.finish();
             out.attached(&v?, started.elapsed())?;
         }
-        Cmd::Volumes => out.volumes(&client.call(&Request::Volumes, &mut |_, _| {})?)?,
-        Cmd::Status { volume } => {
+        Cmd::Volumes => out.volumes(&client.call(&calls::Volumes, &mut |_, _| {})?)?,
+        Cmd::Status { volume: None } => {
+            out.status(&client.call(&calls::Status, &mut |_, _| {})?)?
+        }
+        Cmd::Status {
+            volume: Some(volume),
+        } => {
             let v = client.call(
-                &Request::Status {
+                &calls::VolumeStatusOf {
                     volume: volume.clone(),
                 },
                 &mut |_, _| {},
             )?;
-            out.status(&v, volume.is_some())?;
+            out.volume_status(&v)?;
         }
         Cmd::Detach { volume, force } => {
             let v = client.call(
-                &Request::Detach {
+                &calls::Detach {
                     volume: volume.clone(),
                     force: *force,
                 },
@@ -310,12 +304,12 @@ fn run(cli: &Cli) -> Result<u8, Error> {
             out.detached(&v)?;
         }
         Cmd::Create { name } => {
-            let v = client.call(&Request::Create { name: name.clone() }, &mut |_, _| {})?;
+            let v = client.call(&calls::Create { name: name.clone() }, &mut |_, _| {})?;
             out.created(&v)?;
         }
         Cmd::Destroy { volume } => {
             let v = client.call(
-                &Request::Destroy {
+                &calls::Destroy {
                     volume: volume.clone(),
                 },
                 &mut |_, _| {},
@@ -324,10 +318,9 @@ fn run(cli: &Cli) -> Result<u8, Error> {
         }
         Cmd::Fsck { volume, repair, .. } => {
             let v = client.call(
-                &Request::Fsck {
+                &calls::Fsck {
                     volume: volume.clone(),
                     repair: *repair,
-                    catalog: false,
                 },
                 &mut |_, _| {},
             )?;

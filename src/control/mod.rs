@@ -13,6 +13,7 @@
 //! with its own rights. What a connection may cost the daemon (connections
 //! per uid, timeouts, request size) is bounded in [`server`].
 
+pub mod calls;
 pub mod client;
 pub mod server;
 
@@ -103,12 +104,15 @@ impl Request {
     }
 }
 
-/// Frames from the daemon.
+/// Frames from the daemon. The daemon sends `Reply<calls::Response>`, the
+/// typed answer; the client reads `Reply<serde_json::Value>` and then
+/// decodes the result into the reply type of the call it made
+/// ([`calls::Call`]). Both are the same JSON.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "kebab-case")]
-pub enum Reply {
+pub enum Reply<R = serde_json::Value> {
     Progress { done: u64, total: u64 },
-    Ok { result: serde_json::Value },
+    Ok { result: R },
     Error { code: ErrorKind, message: String },
 }
 
