@@ -4,7 +4,10 @@
 //! big-endian length followed by that many bytes of JSON. The client sends a
 //! [`Request`]; the daemon answers with zero or more [`Reply::Progress`]
 //! frames and then exactly one [`Reply::Ok`] or [`Reply::Error`]. A
-//! connection may carry any number of requests, one after another.
+//! connection may carry any number of requests, one after another. Each
+//! request's reply type is fixed in [`calls`]: the client calls with a
+//! [`calls::Call`] and gets its `Reply`, the daemon answers with a
+//! [`calls::Response`].
 //!
 //! The socket is reachable by every local user; each request is authorised
 //! with the caller's uid and gid from SO_PEERCRED, never with anything the

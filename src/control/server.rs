@@ -50,7 +50,9 @@ use crate::fs::perm::Caller;
 pub trait Handler: Send + Sync + 'static {
     /// Serves one request. `passed` is the descriptor the client sent with
     /// the request over SCM_RIGHTS, if any (`tokenctl attach` sends the
-    /// medium it opened with the caller's own rights).
+    /// medium it opened with the caller's own rights). The answer is typed:
+    /// [`Response`] has one variant per call, holding that call's reply
+    /// type (see [`super::calls`]).
     fn handle(
         &self,
         req: Request,
