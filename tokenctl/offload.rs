@@ -8,22 +8,15 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use fsd::control::Request;
+use fsd::control::calls;
 use fsd::control::client::Client;
 use fsd::error::{Error, ErrorKind};
-use fsd::token::engine::{Limits, ReadRequest, ReadResult, Rod, WriteRequest, WriteResult};
+use fsd::token::engine::{ReadRequest, Rod, WriteRequest};
 use fsd::token::format::{Range, Token, rod_name};
-use fsd::token::store::TokenInfo;
 use fsd::token::subtoken::{self, Recombined};
 use fsd::util::human_bytes;
-use serde::de::DeserializeOwned;
 
-use crate::output::Progress;
-
-fn decode<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, Error> {
-    serde_json::from_value(v)
-        .map_err(|e| Error::new(ErrorKind::Protocol, format!("unexpected reply: {e}")))
-}
+use crate::output::{Progress, to_json};
 
 /// Parses sizes like `4096`, `64K`, `1M`, `8G` (binary units).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -107,14 +100,16 @@ pub fn offload_read(c: &mut Client, a: &ReadArgs, json: bool) -> Result<(), Erro
             },
         );
     }
-    let req = Request::OffloadRead(ReadRequest {
-        path: real(&a.file)?,
-        ranges,
-        ttl_secs: a.ttl,
-        rod: a.rod,
-        max_subtokens: a.max_subtokens,
-    });
-    let r: ReadResult = decode(c.call(&req, &mut |_, _| {})?)?;
+    let req = calls::OffloadRead {
+        req: ReadRequest {
+            path: real(&a.file)?,
+            ranges,
+            ttl_secs: a.ttl,
+            rod: a.rod,
+            max_subtokens: a.max_subtokens,
+        },
+    };
+    let r = c.call(&req, &mut |_, _| {})?;
     let bytes =
         hex::decode(&r.token).map_err(|_| Error::new(ErrorKind::Protocol, "bad token from fsd"))?;
     write_token_file(&a.output, &bytes)?;
@@ -172,15 +167,17 @@ pub struct WriteArgs {
 
 pub fn offload_write(c: &mut Client, a: &WriteArgs, json: bool) -> Result<(), Error> {
     let token = hex::encode(read_token_file(&a.token)?);
-    let req = Request::OffloadWrite(WriteRequest {
-        token,
-        path: real_dest(&a.dest, false)?,
-        offset: a.offset,
-        token_offset: a.token_offset,
-        length: a.length,
-        delete_token: a.delete_token,
-    });
-    let r: WriteResult = decode(c.call(&req, &mut |_, _| {})?)?;
+    let req = calls::OffloadWrite {
+        req: WriteRequest {
+            token,
+            path: real_dest(&a.dest, false)?,
+            offset: a.offset,
+            token_offset: a.token_offset,
+            length: a.length,
+            delete_token: a.delete_token,
+        },
+    };
+    let r = c.call(&req, &mut |_, _| {})?;
     if json {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
@@ -262,29 +259,33 @@ fn offload_copy(c: &mut Client, src: &Path, dst: &Path, json: bool) -> Result<(u
     let mut bar = Progress::new(!json && std::io::stderr().is_terminal(), "copying");
     let (mut offset, mut shared) = (0u64, 0u64);
     while offset < size {
-        let read = Request::OffloadRead(ReadRequest {
-            path: src_path.clone(),
-            ranges: vec![Range {
-                offset,
-                length: size - offset,
-            }],
-            ttl_secs: None,
-            rod: Rod::Persistent,
-            max_subtokens: None,
-        });
-        let r: ReadResult = decode(c.call(&read, &mut |_, _| {})?)?;
+        let read = calls::OffloadRead {
+            req: ReadRequest {
+                path: src_path.clone(),
+                ranges: vec![Range {
+                    offset,
+                    length: size - offset,
+                }],
+                ttl_secs: None,
+                rod: Rod::Persistent,
+                max_subtokens: None,
+            },
+        };
+        let r = c.call(&read, &mut |_, _| {})?;
         let mut token_offset = 0u64;
         while token_offset < r.length {
             let last = token_offset > 0;
-            let w = Request::OffloadWrite(WriteRequest {
-                token: r.token.clone(),
-                path: dst_path.clone(),
-                offset: offset + token_offset,
-                token_offset,
-                length: None,
-                delete_token: false,
-            });
-            let wr: WriteResult = decode(c.call(&w, &mut |_, _| {})?)?;
+            let w = calls::OffloadWrite {
+                req: WriteRequest {
+                    token: r.token.clone(),
+                    path: dst_path.clone(),
+                    offset: offset + token_offset,
+                    token_offset,
+                    length: None,
+                    delete_token: false,
+                },
+            };
+            let wr = c.call(&w, &mut |_, _| {})?;
             if wr.written == 0 && last {
                 return Err(Error::new(
                     ErrorKind::Io,
@@ -297,7 +298,7 @@ fn offload_copy(c: &mut Client, src: &Path, dst: &Path, json: bool) -> Result<(u
         }
         // Done with this token: release its snapshot now.
         let _ = c.call(
-            &Request::TokenRevoke {
+            &calls::TokenRevoke {
                 token: r.token.clone(),
             },
             &mut |_, _| {},
@@ -309,12 +310,14 @@ fn offload_copy(c: &mut Client, src: &Path, dst: &Path, json: bool) -> Result<(u
 }
 
 pub fn list(c: &mut Client, json: bool) -> Result<(), Error> {
-    let v = c.call(&Request::TokenList, &mut |_, _| {})?;
+    let tokens = c.call(&calls::TokenList, &mut |_, _| {})?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&tokens)).unwrap_or_default()
+        );
         return Ok(());
     }
-    let tokens: Vec<TokenInfo> = decode(v)?;
     println!(
         "{:>6}  {:<8}  {:<17}  {:>10}  {:<20}  SOURCE",
         "ID", "STATE", "TYPE", "LENGTH", "EXPIRES"
@@ -351,13 +354,12 @@ pub fn inspect(c: Option<&mut Client>, path: &Path, json: bool) -> Result<(), Er
     };
     let state = c.and_then(|c| {
         c.call(
-            &Request::TokenStatus {
+            &calls::TokenStatus {
                 token: hex::encode(&file),
             },
             &mut |_, _| {},
         )
         .ok()
-        .and_then(|v| decode::<TokenInfo>(v).ok())
     });
     if json {
         let v = serde_json::json!({
@@ -416,23 +418,24 @@ pub fn inspect(c: Option<&mut Client>, path: &Path, json: bool) -> Result<(), Er
 
 pub fn revoke(c: &mut Client, path: &Path, json: bool) -> Result<(), Error> {
     let token = hex::encode(read_token_file(path)?);
-    let v = c.call(&Request::TokenRevoke { token }, &mut |_, _| {})?;
+    let t = c.call(&calls::TokenRevoke { token }, &mut |_, _| {})?;
     if json {
-        println!("{v}");
+        println!("{}", to_json(&t));
     } else {
-        let t: TokenInfo = decode(v)?;
         eprintln!("token {} revoked", t.id);
     }
     Ok(())
 }
 
 pub fn limits(c: &mut Client, json: bool) -> Result<(), Error> {
-    let v = c.call(&Request::TokenLimits, &mut |_, _| {})?;
+    let l = c.call(&calls::TokenLimits, &mut |_, _| {})?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&l)).unwrap_or_default()
+        );
         return Ok(());
     }
-    let l: Limits = decode(v)?;
     println!(
         "MaximumTokenLifetime:                {} s",
         l.maximum_token_lifetime_secs

@@ -13,34 +13,34 @@ use fsd::util::human_bytes;
 use fsd::volume::manager::{Attached, VolumeStatus};
 use fsd::volume::native::fsck::Report;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 pub struct Output {
     pub json: bool,
 }
 
-fn decode<T: DeserializeOwned>(v: &serde_json::Value) -> Result<T, Error> {
-    serde_json::from_value(v.clone()).map_err(|e| {
-        Error::new(
-            ErrorKind::Protocol,
-            format!("unexpected reply from fsd: {e}"),
-        )
-    })
+/// The JSON of a typed reply, as the daemon sent it. Going through
+/// `serde_json::Value` keeps `--json` output byte for byte what it was when
+/// replies were untyped (the same key order).
+pub fn to_json(v: &impl Serialize) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
 }
 
 impl Output {
-    fn json(&self, v: &serde_json::Value) -> bool {
+    fn json(&self, v: &impl Serialize) -> bool {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&to_json(v)).unwrap_or_default()
+            );
         }
         self.json
     }
 
-    pub fn attached(&self, v: &serde_json::Value, took: Duration) -> Result<(), Error> {
-        if self.json(v) {
+    pub fn attached(&self, a: &Attached, took: Duration) -> Result<(), Error> {
+        if self.json(a) {
             return Ok(());
         }
-        let a: Attached = decode(v)?;
         println!("{}", a.volume.id);
         let what = if a.already_attached {
             "already attached"
@@ -64,11 +64,10 @@ impl Output {
         Ok(())
     }
 
-    pub fn volumes(&self, v: &serde_json::Value) -> Result<(), Error> {
-        if self.json(v) {
+    pub fn volumes(&self, vols: &[VolumeInfo]) -> Result<(), Error> {
+        if self.json(&vols) {
             return Ok(());
         }
-        let vols: Vec<VolumeInfo> = decode(v)?;
         let name_w = vols
             .iter()
             .map(|v| v.name.as_deref().unwrap_or("-").len())
@@ -93,98 +92,97 @@ impl Output {
         Ok(())
     }
 
-    pub fn status(&self, v: &serde_json::Value, one_volume: bool) -> Result<(), Error> {
-        if self.json(v) {
+    pub fn volume_status(&self, s: &VolumeStatus) -> Result<(), Error> {
+        if self.json(s) {
             return Ok(());
         }
-        if one_volume {
-            let s: VolumeStatus = decode(v)?;
-            let i = &s.info;
-            println!("id:          {}", i.id);
-            println!("name:        {}", i.name.as_deref().unwrap_or("-"));
-            println!("kind:        {}", i.kind);
-            println!("state:       {}", i.state);
-            if let Some(f) = &i.format {
-                println!("format:      {f}");
+        let i = &s.info;
+        println!("id:          {}", i.id);
+        println!("name:        {}", i.name.as_deref().unwrap_or("-"));
+        println!("kind:        {}", i.kind);
+        println!("state:       {}", i.state);
+        if let Some(f) = &i.format {
+            println!("format:      {f}");
+        }
+        if let Some(m) = &i.medium {
+            println!("medium:      {m}");
+        }
+        println!("size:        {} ({} bytes)", human_bytes(i.size), i.size);
+        println!("files:       {}", i.files);
+        println!("open files:  {}", s.open_files);
+        println!("created:     {}", s.created);
+        if let Some(ix) = &s.index {
+            println!(
+                "index:       {} members, {} dirs, {} symlinks, {} hard links",
+                ix.members, ix.dirs, ix.symlinks, ix.hardlinks
+            );
+            println!(
+                "names:       {} sanitised, {} replaced by later members, {} skipped",
+                ix.sanitized, ix.replaced, ix.skipped
+            );
+            for w in &ix.warnings {
+                println!("warning:     {w}");
             }
-            if let Some(m) = &i.medium {
-                println!("medium:      {m}");
-            }
-            println!("size:        {} ({} bytes)", human_bytes(i.size), i.size);
-            println!("files:       {}", i.files);
-            println!("open files:  {}", s.open_files);
-            println!("created:     {}", s.created);
-            if let Some(ix) = &s.index {
-                println!(
-                    "index:       {} members, {} dirs, {} symlinks, {} hard links",
-                    ix.members, ix.dirs, ix.symlinks, ix.hardlinks
-                );
-                println!(
-                    "names:       {} sanitised, {} replaced by later members, {} skipped",
-                    ix.sanitized, ix.replaced, ix.skipped
-                );
-                for w in &ix.warnings {
-                    println!("warning:     {w}");
-                }
-            }
-        } else {
-            let s: DaemonStatus = decode(v)?;
-            println!("fsd {} (pid {})", s.version, s.pid);
-            println!("mountpoint:  {}", s.mountpoint);
-            println!("state:       {}", s.state_dir);
-            println!("started:     {} ({} s ago)", s.started, s.uptime_secs);
-            println!("volumes:     {} ({} attached)", s.volumes, s.attached);
-            println!("open files:  {}", s.open_files);
-            println!(
-                "hot tier:    {} in {} chunks; {} free of {}",
-                human_bytes(s.hot_bytes),
-                s.hot_chunks,
-                human_bytes(s.hot_free),
-                human_bytes(s.hot_total)
-            );
-            println!(
-                "buffered:    {} now, {} at most (limit {})",
-                human_bytes(s.buffered),
-                human_bytes(s.buffered_peak),
-                human_bytes(s.buffered_limit)
-            );
-            println!(
-                "memory:      {} resident, {} at peak",
-                human_bytes(s.rss),
-                human_bytes(s.rss_peak)
-            );
-            println!(
-                "quarantine:  {} chunk files, {} (deleted after {} days)",
-                s.quarantined_chunks,
-                human_bytes(s.quarantined_bytes),
-                s.quarantine_days
-            );
         }
         Ok(())
     }
 
-    pub fn created(&self, v: &serde_json::Value) -> Result<(), Error> {
-        if self.json(v) {
+    pub fn status(&self, s: &DaemonStatus) -> Result<(), Error> {
+        if self.json(s) {
             return Ok(());
         }
-        let i: VolumeInfo = decode(v)?;
+        println!("fsd {} (pid {})", s.version, s.pid);
+        println!("mountpoint:  {}", s.mountpoint);
+        println!("state:       {}", s.state_dir);
+        println!("started:     {} ({} s ago)", s.started, s.uptime_secs);
+        println!("volumes:     {} ({} attached)", s.volumes, s.attached);
+        println!("open files:  {}", s.open_files);
+        println!(
+            "hot tier:    {} in {} chunks; {} free of {}",
+            human_bytes(s.hot_bytes),
+            s.hot_chunks,
+            human_bytes(s.hot_free),
+            human_bytes(s.hot_total)
+        );
+        println!(
+            "buffered:    {} now, {} at most (limit {})",
+            human_bytes(s.buffered),
+            human_bytes(s.buffered_peak),
+            human_bytes(s.buffered_limit)
+        );
+        println!(
+            "memory:      {} resident, {} at peak",
+            human_bytes(s.rss),
+            human_bytes(s.rss_peak)
+        );
+        println!(
+            "quarantine:  {} chunk files, {} (deleted after {} days)",
+            s.quarantined_chunks,
+            human_bytes(s.quarantined_bytes),
+            s.quarantine_days
+        );
+        Ok(())
+    }
+
+    pub fn created(&self, i: &VolumeInfo) -> Result<(), Error> {
+        if self.json(i) {
+            return Ok(());
+        }
         println!("{}", i.id);
         Ok(())
     }
 
-    pub fn destroyed(&self, v: &serde_json::Value) -> Result<(), Error> {
-        if self.json(v) {
+    pub fn destroyed(&self, i: &VolumeInfo) -> Result<(), Error> {
+        if self.json(i) {
             return Ok(());
         }
-        let i: VolumeInfo = decode(v)?;
         eprintln!("destroyed {}", i.id);
         Ok(())
     }
 
     /// Prints the report; returns the exit code (8 if problems remain).
-    pub fn fsck(&self, v: &serde_json::Value) -> Result<u8, Error> {
-        let r: Report = decode(v)?;
-        if !self.json(v) {
+    pub fn fsck(&self, r: &Report) -> Result<u8, Error> {
+        if !self.json(r) {
             for p in &r.problems {
                 let tag = if p.repaired { "repaired" } else { "PROBLEM" };
                 println!("{tag}: {}: {}", p.kind, p.detail);
@@ -238,11 +236,10 @@ impl Output {
         Ok(ErrorKind::Corrupt.exit_code() as u8)
     }
 
-    pub fn detached(&self, v: &serde_json::Value) -> Result<(), Error> {
-        if self.json(v) {
+    pub fn detached(&self, i: &VolumeInfo) -> Result<(), Error> {
+        if self.json(i) {
             return Ok(());
         }
-        let i: VolumeInfo = decode(v)?;
         eprintln!("detached {}", i.id);
         Ok(())
     }

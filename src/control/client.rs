@@ -7,6 +7,7 @@ use std::path::Path;
 
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 
+use super::calls::Call;
 use super::{Reply, Request, frame_bytes, read_frame};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -36,20 +37,40 @@ impl Client {
         })
     }
 
-    /// Sends `req` and waits for its result, passing progress frames to
-    /// `progress` as they arrive.
-    pub fn call(
+    /// Sends the call and waits for its typed result, passing progress
+    /// frames to `progress` as they arrive.
+    pub fn call<C: Call>(
         &mut self,
-        req: &Request,
+        call: &C,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<serde_json::Value> {
-        self.call_passing(req, None, progress)
+    ) -> Result<C::Reply> {
+        self.call_passing(call, None, progress)
     }
 
     /// [`Client::call`], passing `fd` to the daemon with the request
     /// (SCM_RIGHTS): `attach` sends the medium opened with the caller's own
     /// rights, so the daemon never opens the caller's path for it.
-    pub fn call_passing(
+    pub fn call_passing<C: Call>(
+        &mut self,
+        call: &C,
+        fd: Option<BorrowedFd<'_>>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<C::Reply> {
+        let v = self.call_untyped(&call.request(), fd, progress)?;
+        serde_json::from_value(v).map_err(|e| {
+            Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "unexpected reply from fsd to {}: {e}",
+                    call.request().name()
+                ),
+            )
+        })
+    }
+
+    /// The result of `req` as plain JSON. Only [`Client::call_passing`]
+    /// uses it; everything else goes through a typed [`Call`].
+    fn call_untyped(
         &mut self,
         req: &Request,
         fd: Option<BorrowedFd<'_>>,
@@ -60,7 +81,7 @@ impl Client {
             // this user) or the request (too large) before reading it all;
             // its error frame explains that better than EPIPE does.
             if let Ok(Some(body)) = read_frame(&mut self.reader)
-                && let Ok(Reply::Error { code, message }) = serde_json::from_slice(&body)
+                && let Ok(Reply::Error { code, message }) = serde_json::from_slice::<Reply>(&body)
             {
                 return Err(Error::new(code, message));
             }

@@ -4,7 +4,10 @@
 //! big-endian length followed by that many bytes of JSON. The client sends a
 //! [`Request`]; the daemon answers with zero or more [`Reply::Progress`]
 //! frames and then exactly one [`Reply::Ok`] or [`Reply::Error`]. A
-//! connection may carry any number of requests, one after another.
+//! connection may carry any number of requests, one after another. Each
+//! request's reply type is fixed in [`calls`]: the client calls with a
+//! [`calls::Call`] and gets its `Reply`, the daemon answers with a
+//! [`calls::Response`].
 //!
 //! The socket is reachable by every local user; each request is authorised
 //! with the caller's uid and gid from SO_PEERCRED, never with anything the
@@ -13,6 +16,7 @@
 //! with its own rights. What a connection may cost the daemon (connections
 //! per uid, timeouts, request size) is bounded in [`server`].
 
+pub mod calls;
 pub mod client;
 pub mod server;
 
@@ -103,12 +107,15 @@ impl Request {
     }
 }
 
-/// Frames from the daemon.
+/// Frames from the daemon. The daemon sends `Reply<calls::Response>`, the
+/// typed answer; the client reads `Reply<serde_json::Value>` and then
+/// decodes the result into the reply type of the call it made
+/// ([`calls::Call`]). Both are the same JSON.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "kebab-case")]
-pub enum Reply {
+pub enum Reply<R = serde_json::Value> {
     Progress { done: u64, total: u64 },
-    Ok { result: serde_json::Value },
+    Ok { result: R },
     Error { code: ErrorKind, message: String },
 }
 

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use parking_lot::Mutex;
 
+use super::calls::Response;
 use super::{Reply, Request, frame_bytes};
 use crate::config::ControlConfig;
 use crate::error::{Error, ErrorKind, IoContext, Result};
@@ -49,14 +50,16 @@ use crate::fs::perm::Caller;
 pub trait Handler: Send + Sync + 'static {
     /// Serves one request. `passed` is the descriptor the client sent with
     /// the request over SCM_RIGHTS, if any (`tokenctl attach` sends the
-    /// medium it opened with the caller's own rights).
+    /// medium it opened with the caller's own rights). The answer is typed:
+    /// [`Response`] has one variant per call, holding that call's reply
+    /// type (see [`super::calls`]).
     fn handle(
         &self,
         req: Request,
         caller: &Caller,
         passed: Option<OwnedFd>,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<serde_json::Value>;
+    ) -> Result<Response>;
 }
 
 /// The bounds of the control socket, from the `[control]` section.
@@ -421,7 +424,7 @@ fn serve_conn(stream: UnixStream, caller: &Caller, handler: &dyn Handler, limits
     let _ = stream.set_write_timeout(Some(limits.idle.max(Duration::from_secs(1))));
     let mut reader = FrameReader::new(stream.as_raw_fd(), limits);
     let dead = std::cell::Cell::new(false);
-    let send = |reply: &Reply| {
+    let send = |reply: &Reply<Response>| {
         if dead.get() {
             return;
         }
@@ -489,7 +492,7 @@ fn log_failure(caller: &Caller, op: &str, e: &Error) {
     }
 }
 
-fn error_reply(e: &Error) -> Reply {
+fn error_reply(e: &Error) -> Reply<Response> {
     Reply::Error {
         code: e.kind(),
         message: e.to_string(),

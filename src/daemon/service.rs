@@ -5,9 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
-
 use super::reserve::Reserve;
+use crate::control::calls::{Pong, Response};
 use crate::control::server::Handler;
 use crate::control::{DaemonStatus, Request};
 use crate::error::{Error, ErrorKind, Result};
@@ -33,11 +32,6 @@ pub struct Service {
 
 /// The volume name whose `status` panics under `FSD_TEST_PANIC=1`.
 const TEST_PANIC: &str = "fsd-test-panic";
-
-fn json(v: impl Serialize) -> Result<serde_json::Value> {
-    serde_json::to_value(v)
-        .map_err(|e| Error::new(ErrorKind::Protocol, format!("encoding reply: {e}")))
-}
 
 impl Service {
     /// The control service of the mount at `mountpoint` (canonical), whose
@@ -124,7 +118,7 @@ impl Handler for Service {
         caller: &Caller,
         passed: Option<OwnedFd>,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<serde_json::Value> {
+    ) -> Result<Response> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.serve(req, caller, passed, progress)
         }))
@@ -146,13 +140,15 @@ impl Service {
         caller: &Caller,
         passed: Option<OwnedFd>,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<serde_json::Value> {
-        match req {
-            Request::Ping => json(serde_json::json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "pid": std::process::id(),
-            })),
-            Request::Attach { path, name, format } => json(self.manager.attach(
+    ) -> Result<Response> {
+        // Each arm's value must be the reply type of its call
+        // (`control::calls`): `Response` has one variant per call.
+        Ok(match req {
+            Request::Ping => Response::Ping(Pong {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                pid: std::process::id(),
+            }),
+            Request::Attach { path, name, format } => Response::Attach(self.manager.attach(
                 Path::new(&path),
                 passed,
                 name.as_deref(),
@@ -160,33 +156,37 @@ impl Service {
                 caller,
                 progress,
             )?),
-            Request::Volumes => json(self.manager.volumes()?),
-            Request::Status { volume: None } => json(self.daemon_status()?),
+            Request::Volumes => Response::Volumes(self.manager.volumes()?),
+            Request::Status { volume: None } => Response::Status(self.daemon_status()?),
             Request::Status { volume: Some(v) } if self.test_panic && v == TEST_PANIC => {
                 panic!("test panic: status {TEST_PANIC} with FSD_TEST_PANIC=1")
             }
-            Request::Status { volume: Some(v) } => json(self.manager.status(&v)?),
+            Request::Status { volume: Some(v) } => Response::VolumeStatus(self.manager.status(&v)?),
             // Deletes: on a full state filesystem, the reserve makes room
             // for their commit (see `reserve`).
-            Request::Detach { volume, force } => json(
+            Request::Detach { volume, force } => Response::Detach(
                 self.reserve
                     .for_delete(|| self.manager.detach(&volume, force, caller))?,
             ),
-            Request::Create { name } => json(self.manager.create(&name, caller)?),
-            Request::Destroy { volume } => json(
+            Request::Create { name } => Response::Create(self.manager.create(&name, caller)?),
+            Request::Destroy { volume } => Response::Destroy(
                 self.reserve
                     .for_delete(|| self.manager.destroy(&volume, caller))?,
             ),
-            Request::Fsck { catalog: true, .. } => json(self.manager.fsck_catalog(caller)?),
-            Request::Fsck { volume, repair, .. } => {
-                json(self.manager.fsck(volume.as_deref(), repair, caller)?)
+            Request::Fsck { catalog: true, .. } => {
+                Response::FsckCatalog(self.manager.fsck_catalog(caller)?)
             }
-            Request::OffloadRead(r) => json(self.offload.read(&r, caller)?),
-            Request::OffloadWrite(r) => json(self.offload.write(&r, caller)?),
-            Request::TokenList => json(self.offload.list(caller)?),
-            Request::TokenStatus { token } => json(self.offload.status(&token)?),
-            Request::TokenRevoke { token } => json(self.offload.revoke(&token, caller)?),
-            Request::TokenLimits => json(self.offload.limits()),
-        }
+            Request::Fsck { volume, repair, .. } => {
+                Response::Fsck(self.manager.fsck(volume.as_deref(), repair, caller)?)
+            }
+            Request::OffloadRead(r) => Response::OffloadRead(self.offload.read(&r, caller)?),
+            Request::OffloadWrite(r) => Response::OffloadWrite(self.offload.write(&r, caller)?),
+            Request::TokenList => Response::TokenList(self.offload.list(caller)?),
+            Request::TokenStatus { token } => Response::TokenStatus(self.offload.status(&token)?),
+            Request::TokenRevoke { token } => {
+                Response::TokenRevoke(self.offload.revoke(&token, caller)?)
+            }
+            Request::TokenLimits => Response::TokenLimits(self.offload.limits().clone()),
+        })
     }
 }
