@@ -136,6 +136,26 @@ impl Daemon {
         }
     }
 
+    /// How many times `needle` is in the log, once it is there at least
+    /// `at_least` times and the count has stopped changing for 300 ms (or
+    /// after 10 s): the daemon writes its log from a queue, so lines of
+    /// requests that have already been answered may still be on their way.
+    pub fn log_count_settled(&self, needle: &str, at_least: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = (usize::MAX, Instant::now());
+        loop {
+            let n = self.log_text().matches(needle).count();
+            if n != last.0 {
+                last = (n, Instant::now());
+            }
+            let stable = last.1.elapsed() >= Duration::from_millis(300);
+            if (n >= at_least && stable) || Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
