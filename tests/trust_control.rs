@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -117,24 +117,6 @@ elif mode in ("flood", "slow"):
         s.close()
     print("closed", flush=True)
 "#;
-
-fn as_user(uid: u32, prog: &str) -> Command {
-    let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
-        .arg("--clear-groups")
-        .arg(prog);
-    c
-}
-
-fn tokenctl_as(d: &Daemon, uid: u32, args: &[&str]) -> Output {
-    as_user(uid, TOKENCTL)
-        .arg("--state")
-        .arg(&d.state)
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn sock(d: &Daemon) -> String {
     d.state.join("fsd.sock").to_str().unwrap().to_string()

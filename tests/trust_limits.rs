@@ -36,23 +36,6 @@ fn chunk_store_bytes(state: &Path) -> u64 {
     sum
 }
 
-/// `setpriv` to uid/gid 65534 (nobody), running `prog args…`.
-fn nobody(prog: &str) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", prog]);
-    c
-}
-
-/// tokenctl as nobody against `d`.
-fn tokenctl_nobody(d: &Daemon, args: &[&str]) -> Output {
-    nobody(TOKENCTL)
-        .arg("--state")
-        .arg(&d.state)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -12,15 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const NOBODY: [&str; 3] = ["--reuid=65534", "--regid=65534", "--clear-groups"];
-
-/// `prog args…` as nobody.
-fn nobody(prog: &str) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args(NOBODY).arg(prog);
-    c
-}
-
 fn ok(o: Output, what: &str) -> String {
     assert!(
         o.status.success(),
@@ -30,16 +21,6 @@ fn ok(o: Output, what: &str) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// tokenctl as nobody.
-fn tokenctl_nobody(d: &Daemon, args: &[&str]) -> Output {
-    nobody(TOKENCTL)
-        .arg("--state")
-        .arg(&d.state)
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// A daemon whose directory `nobody` can pass through (the archives live

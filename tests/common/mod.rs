@@ -547,3 +547,37 @@ impl Rng {
         &v[self.below(v.len() as u64) as usize]
     }
 }
+
+/// `prog` run as `uid` (and the same gid) with no supplementary groups,
+/// through setpriv: how the tests play an unprivileged local user.
+pub fn as_user(uid: u32, prog: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(prog);
+    c
+}
+
+/// The uid of `nobody`.
+pub const NOBODY_UID: u32 = 65534;
+
+/// `prog` run as nobody.
+pub fn nobody(prog: &str) -> Command {
+    as_user(NOBODY_UID, prog)
+}
+
+/// tokenctl run as `uid` against `d`.
+pub fn tokenctl_as(d: &Daemon, uid: u32, args: &[&str]) -> Output {
+    as_user(uid, TOKENCTL)
+        .arg("--state")
+        .arg(&d.state)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// tokenctl run as nobody against `d`.
+pub fn tokenctl_nobody(d: &Daemon, args: &[&str]) -> Output {
+    tokenctl_as(d, NOBODY_UID, args)
+}
