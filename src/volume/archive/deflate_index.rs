@@ -526,6 +526,58 @@ impl DeflateIndex {
     }
 }
 
+/// The property the fuzz target (`fuzz/fuzz_targets/deflate_index.rs`) and
+/// the mutation unit test check, in one place: over any deflate stream
+/// `body` said to inflate to `size` bytes, reads give bytes or an error and
+/// never panic; and when one sequential pass decodes the stream, six reads
+/// at offsets drawn from `seed` (resumed from checkpoints, and decoded from
+/// the start on a fresh index) agree with that pass. Returns whether the
+/// stream decoded. Panics when the property fails.
+#[doc(hidden)]
+pub fn check_reads_agree(body: Vec<u8>, size: u64, seed: u64) -> bool {
+    let stream = Stream {
+        csize: body.len() as u64,
+        source: Arc::new(body),
+        offset: 0,
+        size,
+        crc32: None,
+        label: "check".into(),
+    };
+    // The smallest interval (one cache block), so checkpoints are made and used.
+    let seq = DeflateIndex::new(stream.clone(), DecompCache::new(64 << 20, 1));
+    let _hold = seq.hold();
+    let mut whole = Vec::new();
+    let valid = loop {
+        match seq.read(None, whole.len() as u64, 1 << 20) {
+            Ok(v) if v.is_empty() => break true,
+            Ok(v) => whole.extend_from_slice(&v),
+            Err(_) => break false,
+        }
+    };
+    if valid {
+        assert_eq!(whole.len() as u64, size);
+    }
+    let fresh = DeflateIndex::new(stream, DecompCache::new(1 << 20, 1));
+    let mut x = seed | 1;
+    for _ in 0..6 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = if size == 0 { x % 16 } else { x % size };
+        let len = ((x >> 24) % 300_000) as usize + 1;
+        for idx in [&seq, &fresh] {
+            let r = idx.read(None, off, len);
+            if valid {
+                let v = r.expect("a read of a valid stream failed");
+                let end = (off as usize + len).min(whole.len());
+                let want = whole.get(off as usize..end).unwrap_or(&[]);
+                assert_eq!(v, want, "read at {off} len {len}");
+            }
+        }
+    }
+    valid
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -671,40 +723,8 @@ mod tests {
             if next() % 5 == 0 {
                 body.truncate((next() % body.len() as u64) as usize);
             }
-            let st = Stream {
-                csize: body.len() as u64,
-                source: Arc::new(body),
-                offset: 0,
-                size,
-                crc32: None,
-                label: "mut".into(),
-            };
-            let seq = DeflateIndex::new(st.clone(), DecompCache::new(64 << 20, 1));
-            let _h = seq.hold();
-            let mut whole = Vec::new();
-            let valid = loop {
-                match seq.read(None, whole.len() as u64, 1 << 20) {
-                    Ok(v) if v.is_empty() => break true,
-                    Ok(v) => whole.extend_from_slice(&v),
-                    Err(_) => break false,
-                }
-            };
-            if valid {
-                assert_eq!(whole.len() as u64, size);
+            if check_reads_agree(body, size, next()) {
                 valid_rounds += 1;
-            }
-            let fresh = DeflateIndex::new(st, DecompCache::new(1 << 20, 1));
-            for _ in 0..4 {
-                let off = next() % size.max(1);
-                let len = (next() % 300_000) as usize + 1;
-                for idx in [&seq, &fresh] {
-                    let r = idx.read(None, off, len);
-                    if valid {
-                        let v = r.expect("a read of a valid stream failed");
-                        let end = (off as usize + len).min(whole.len());
-                        assert_eq!(v, whole[off as usize..end], "round {round} at {off}");
-                    }
-                }
             }
         }
         assert!(valid_rounds >= 10, "only {valid_rounds} rounds decoded");
