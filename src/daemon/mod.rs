@@ -493,8 +493,10 @@ fn load(
     let unusable = |e: Error| Fatal::new(exit::STATE_DIR, e);
     guard::precheck(&opts.state_dir).map_err(unusable)?;
     let catalog = Catalog::open(&opts.state_dir.join("catalog.db")).map_err(unusable)?;
+    // The new run is recorded in `finish`, off the path of the first
+    // answer (see `guard::decide`).
     let startup =
-        guard::start(&opts.state_dir, &catalog, &opts.config.catalog).map_err(unusable)?;
+        guard::decide(&opts.state_dir, &catalog, &opts.config.catalog).map_err(unusable)?;
     let catalog = Arc::new(catalog);
     raise_fd_limit();
     let store = ChunkStore::open(&opts.state_dir.join("chunks"))
@@ -622,6 +624,8 @@ fn finish(
         attached,
         startup,
     } = loaded;
+    guard::record_run(&opts.state_dir, &catalog, &startup)
+        .map_err(|e| Fatal::new(exit::STATE_DIR, e))?;
     let guard = guard::Guard::start(
         &opts.state_dir,
         catalog.clone(),
