@@ -973,10 +973,6 @@ impl OpenFile for MediumOpen {
     fn size(&self) -> Result<u64> {
         Ok(self.medium.size())
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
 }
 
 #[cfg(test)]

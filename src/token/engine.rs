@@ -34,7 +34,6 @@ use crate::fs::{Core, ROOT_INO};
 use crate::store::catalog::Catalog;
 use crate::store::chunks::ChunkStore;
 use crate::store::treehash::{Hash, LEAF};
-use crate::volume::native::NativeFile;
 use crate::volume::native::file::Env;
 
 const LEAF64: u64 = LEAF as u64;
@@ -413,12 +412,7 @@ impl Offload {
             .core
             .open(ino, OpenFlags(libc::O_RDONLY), &Ctx::ROOT)
             .ok()?;
-        let row = self.core.handle(fh.0).ok().and_then(|h| {
-            h.file
-                .as_any()
-                .downcast_ref::<NativeFile>()
-                .map(NativeFile::row)
-        });
+        let row = self.core.handle(fh.0).ok().and_then(|h| h.file.chunk_row());
         let _ = self.core.release(fh.0);
         drop(m);
         row
@@ -610,7 +604,7 @@ impl Offload {
                     format!("{}: nothing to represent (the ranges lie past the end of the file)", req.path),
                 ));
             }
-            let native = file.as_any().downcast_ref::<NativeFile>().map(NativeFile::row);
+            let native = file.chunk_row();
             let sample = self.catalog.find_volume(&vol_id)?.and_then(|r| r.medium_sample);
             let created = now();
             let expires = created + (ttl as i64) * 1_000_000_000;
