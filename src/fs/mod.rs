@@ -23,6 +23,7 @@
 pub mod copy;
 pub mod ops;
 pub mod perm;
+pub mod resolve;
 pub mod types;
 
 use std::collections::HashMap;
