@@ -86,6 +86,33 @@ impl TestRng {
     }
 }
 
+/// Nanoseconds since the epoch by the wall clock, negative before it and
+/// saturating: the timestamps the catalog and the store keep. The same value
+/// as `fs::types::Timespec::now().as_nanos()`, here so that `store` need
+/// not import `fs`.
+pub fn now_ns() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
+/// Capacity figures for `statfs`, of a volume or of the hot tier's
+/// filesystem. Shared by `fs` (which answers statfs(2) with it) and `store`
+/// (which measures the tier), so it lives in neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

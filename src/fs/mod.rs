@@ -23,6 +23,7 @@
 pub mod copy;
 pub mod ops;
 pub mod perm;
+pub mod resolve;
 pub mod types;
 
 use std::collections::HashMap;
@@ -972,10 +973,6 @@ impl OpenFile for MediumOpen {
 
     fn size(&self) -> Result<u64> {
         Ok(self.medium.size())
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }
 

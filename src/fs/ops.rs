@@ -147,8 +147,15 @@ pub trait OpenFile: Send + Sync {
         err(ErrorKind::ReadOnly)
     }
 
-    /// Lets the offload engine reach kind-specific state (downcasting).
-    fn as_any(&self) -> &dyn std::any::Any;
+    /// For the offload engine: the catalog row that keys this file's chunk
+    /// references, if its data lives in the chunk store (native files). A
+    /// persistent token snapshots the references under this row, and a
+    /// change-vulnerable token watches it for writes. `None` for kinds whose
+    /// bytes are not counted chunks (archives, media): their tokens rely on
+    /// the medium's identity instead.
+    fn chunk_row(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// A chunk as the offload engine moves it between files: its hash (`None`

@@ -262,3 +262,50 @@ fn only_writers_closes_commit() {
     w.wrote(None);
     assert!(w.commits_on_close_by(8), "a write without an owner");
 }
+
+#[test]
+fn resolve_checks_search_and_follows_inner_links() {
+    use super::perm::{self, Caller};
+    use super::resolve::resolve;
+    let core = Core::new();
+    let _d = mount_one(&core, 7, ID, Some("photos"));
+    let mnt = std::path::Path::new("/mnt/fsd");
+    let root = Caller::root();
+    let file = resolve(
+        &core,
+        mnt,
+        "/mnt/fsd/volumes/photos/dir/file",
+        &root,
+        perm::R,
+    )
+    .unwrap();
+    assert_eq!(file >> 40, 7);
+    assert_eq!(core.getattr(file).unwrap().0.size, 100);
+    // `volumes/photos` and the volume's own `link` are both relative links.
+    let via = resolve(&core, mnt, "/mnt/fsd/volumes/photos/link", &root, perm::R).unwrap();
+    assert_eq!(via, file);
+    let e = resolve(&core, mnt, "/mnt/fsd/volumes/photos/dir", &root, perm::R).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    let e = resolve(&core, mnt, "/mnt/fsd/volumes/photos/nope", &root, perm::R).unwrap_err();
+    assert!(
+        e.to_string().contains("/mnt/fsd/volumes/photos/nope"),
+        "{e}"
+    );
+    // The archive's directories carry mode 0644: no search for a non-root
+    // owner, even though the file itself would be readable.
+    let owner = Caller {
+        uid: 1000,
+        gid: 1000,
+        groups: Vec::new(),
+        pid: 1,
+    };
+    let e = resolve(
+        &core,
+        mnt,
+        "/mnt/fsd/volumes/photos/dir/file",
+        &owner,
+        perm::R,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+}

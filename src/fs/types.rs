@@ -152,18 +152,10 @@ impl Ctx {
     };
 }
 
-/// Capacity figures for `statfs`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StatFs {
-    pub blocks: u64,
-    pub bfree: u64,
-    pub bavail: u64,
-    pub files: u64,
-    pub ffree: u64,
-    pub bsize: u32,
-    pub namelen: u32,
-    pub frsize: u32,
-}
+/// Capacity figures for `statfs`; defined in `util` because the chunk
+/// store reports its tier's capacity with them too, and `store` must not
+/// import from `fs`.
+pub use crate::util::StatFs;
 
 /// What `setattr` changes; `None` leaves a field alone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -219,6 +211,16 @@ pub struct OpenOpts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `store` stamps its rows with `util::now_ns`, the core with
+    /// `Timespec`: both must read the same clock the same way.
+    #[test]
+    fn util_now_ns_is_timespec_now() {
+        let before = Timespec::now().as_nanos();
+        let n = crate::util::now_ns();
+        let after = Timespec::now().as_nanos();
+        assert!(before <= n && n <= after, "{before} {n} {after}");
+    }
 
     #[test]
     fn timespec_roundtrips_negative_and_nanos() {

@@ -20,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lifecycle::{Attachment, Kind, Residency};
+use crate::util::now_ns;
 
 /// Schema migrations; migration `i` takes the schema from version `i` to
 /// `i + 1`. Never edit a released entry: append a new one.
@@ -336,10 +337,6 @@ fn volume_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<VolumeRecord>> {
         owner_uid: r.get(13)?,
         root_ino: r.get(14)?,
     }))
-}
-
-fn now_ns() -> i64 {
-    crate::fs::types::Timespec::now().as_nanos()
 }
 
 /// The catalog. One connection behind a mutex: every statement is short, and

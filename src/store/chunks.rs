@@ -54,7 +54,7 @@ use parking_lot::{Condvar, Mutex};
 use super::spares::{self, Spares};
 use super::treehash::{Hash, LEAF, sha256};
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::fs::types::StatFs;
+use crate::util::StatFs;
 
 /// The unit of the per-block checksums.
 pub const BLOCK: usize = 4096;

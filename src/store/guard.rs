@@ -50,6 +50,7 @@ use super::catalog::{self, Catalog};
 use super::chunks::{Orphans, QUARANTINE};
 use crate::config::CatalogConfig;
 use crate::error::{CATALOG_RECOVERY, Error, ErrorKind, Result};
+use crate::util::now_ns;
 
 const STORE_ID: &str = ".store-id";
 const RUN: &str = ".run";
@@ -223,10 +224,6 @@ fn write_run(dir: &Path, r: RunFile) -> Result<()> {
         &dir.join(RUN),
         &format!("{} {} {state}\n", r.run, r.started_ns),
     )
-}
-
-fn now_ns() -> i64 {
-    crate::fs::types::Timespec::now().as_nanos()
 }
 
 /// Before the catalog is opened (which would make a new one): a missing or

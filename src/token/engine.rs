@@ -14,7 +14,7 @@
 //! holds nothing: an overlapping write, truncate or punch revokes it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -26,15 +26,15 @@ use super::format::{self, ROD_CHANGE_VULNERABLE, ROD_PERSISTENT, Range, Token};
 use super::store::{self, New, Row, TokenInfo};
 use super::subtoken::{self, Recombined};
 use crate::error::{Error, ErrorKind, Result, err};
+use crate::fs::Core;
 use crate::fs::copy::{self, Live, Source};
 use crate::fs::ops::{OpenFile, Shared};
 use crate::fs::perm::{self, Caller};
-use crate::fs::types::{Ctx, FileKind, OpenFlags, Timespec};
-use crate::fs::{Core, ROOT_INO};
+use crate::fs::resolve;
+use crate::fs::types::{Ctx, OpenFlags, Timespec};
 use crate::store::catalog::Catalog;
 use crate::store::chunks::ChunkStore;
 use crate::store::treehash::{Hash, LEAF};
-use crate::volume::native::NativeFile;
 use crate::volume::native::file::Env;
 
 const LEAF64: u64 = LEAF as u64;
@@ -413,12 +413,7 @@ impl Offload {
             .core
             .open(ino, OpenFlags(libc::O_RDONLY), &Ctx::ROOT)
             .ok()?;
-        let row = self.core.handle(fh.0).ok().and_then(|h| {
-            h.file
-                .as_any()
-                .downcast_ref::<NativeFile>()
-                .map(NativeFile::row)
-        });
+        let row = self.core.handle(fh.0).ok().and_then(|h| h.file.chunk_row());
         let _ = self.core.release(fh.0);
         drop(m);
         row
@@ -426,105 +421,9 @@ impl Offload {
 
     // ----- paths -----
 
-    /// Resolves `path` (absolute, inside the mount) to a global inode,
-    /// checking search permission on every directory and `want` on the file,
-    /// as open(2) would for `caller`.
-    pub fn resolve(&self, path: &str, caller: &Caller, want: u32) -> Result<u64> {
-        let p = Path::new(path);
-        let rel = p.strip_prefix(&self.mountpoint).map_err(|_| {
-            Error::new(
-                ErrorKind::Invalid,
-                format!(
-                    "{path} is not inside the fsd mount at {}",
-                    self.mountpoint.display()
-                ),
-            )
-        })?;
-        let mut comps: Vec<Vec<u8>> = Vec::new();
-        for c in rel.components() {
-            match c {
-                Component::Normal(n) => {
-                    comps.push(std::os::unix::ffi::OsStrExt::as_bytes(n).to_vec())
-                }
-                Component::CurDir => {}
-                _ => {
-                    return Err(Error::new(
-                        ErrorKind::Invalid,
-                        format!("{path}: use a canonical path"),
-                    ));
-                }
-            }
-        }
-        let mut ino = ROOT_INO;
-        let mut stack: Vec<u64> = Vec::new();
-        let mut follows = 0;
-        let mut i = 0;
-        while i < comps.len() {
-            let (dir, _) = self.core.getattr(ino)?;
-            if !perm::may_access(
-                caller,
-                dir.kind.mode_bits() | u32::from(dir.perm),
-                dir.uid,
-                dir.gid,
-                perm::X,
-            ) {
-                return Err(Error::new(
-                    ErrorKind::PermissionDenied,
-                    format!("{path}: permission denied"),
-                ));
-            }
-            let (a, _) = self
-                .core
-                .lookup(ino, &comps[i])
-                .map_err(|e| Error::new(e.kind(), format!("{path}: {e}")))?;
-            if a.kind == FileKind::Symlink {
-                // Only relative links inside the mount (like volumes/NAME).
-                follows += 1;
-                let target = self.core.readlink(a.ino)?;
-                if follows > 40 || target.starts_with(b"/") {
-                    return Err(Error::new(
-                        ErrorKind::Invalid,
-                        format!("{path}: cannot follow a symlink"),
-                    ));
-                }
-                let rest: Vec<Vec<u8>> = target
-                    .split(|&b| b == b'/')
-                    .filter(|s| !s.is_empty() && *s != b".")
-                    .map(<[u8]>::to_vec)
-                    .collect();
-                if rest.iter().any(|s| s == b"..") {
-                    return Err(Error::new(
-                        ErrorKind::Invalid,
-                        format!("{path}: cannot follow a symlink"),
-                    ));
-                }
-                comps.splice(i..=i, rest);
-                continue;
-            }
-            stack.push(ino);
-            ino = a.ino;
-            i += 1;
-        }
-        let (a, _) = self.core.getattr(ino)?;
-        if a.kind != FileKind::File {
-            return Err(Error::new(
-                ErrorKind::Invalid,
-                format!("{path}: not a regular file"),
-            ));
-        }
-        if !perm::may_access(
-            caller,
-            a.kind.mode_bits() | u32::from(a.perm),
-            a.uid,
-            a.gid,
-            want,
-        ) {
-            return Err(Error::new(
-                ErrorKind::PermissionDenied,
-                format!("{path}: permission denied"),
-            ));
-        }
-        Ok(ino)
+    /// Resolves `path` for `caller` as open(2) would ([`resolve::resolve`]).
+    fn resolve(&self, path: &str, caller: &Caller, want: u32) -> Result<u64> {
+        resolve::resolve(&self.core, &self.mountpoint, path, caller, want)
     }
 
     /// Opens a file of the mount and runs `f` with it; the handle counts as
@@ -610,7 +509,7 @@ impl Offload {
                     format!("{}: nothing to represent (the ranges lie past the end of the file)", req.path),
                 ));
             }
-            let native = file.as_any().downcast_ref::<NativeFile>().map(NativeFile::row);
+            let native = file.chunk_row();
             let sample = self.catalog.find_volume(&vol_id)?.and_then(|r| r.medium_sample);
             let created = now();
             let expires = created + (ttl as i64) * 1_000_000_000;

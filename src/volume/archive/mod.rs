@@ -501,10 +501,6 @@ impl OpenFile for ArchiveFile {
     fn size(&self) -> Result<u64> {
         Ok(self.inner.index.nodes[self.node as usize].size)
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
 }
 
 impl VolumeFs for ArchiveVolume {

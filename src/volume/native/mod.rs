@@ -449,8 +449,8 @@ impl OpenFile for NativeFile {
             .fallocate(&self.node, offset, len, libc::FALLOC_FL_ZERO_RANGE)
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn chunk_row(&self) -> Option<i64> {
+        Some(self.node.ino)
     }
 
     /// A write by a caller without CAP_FSETID (FUSE_WRITE_KILL_SUIDGID):
@@ -468,11 +468,6 @@ impl OpenFile for NativeFile {
 }
 
 impl NativeFile {
-    /// The inode row (catalog key) of this file, for token snapshots.
-    pub fn row(&self) -> i64 {
-        self.node.ino
-    }
-
     /// The volume's slot.
     pub fn slot(&self) -> u32 {
         self.vol.files.slot
