@@ -86,3 +86,17 @@ fn a_daemon_that_hangs_up_is_an_error_not_a_silent_death() {
     }
     server.join().unwrap();
 }
+
+#[test]
+fn status_shows_the_count_of_dropped_log_lines() {
+    let d = Daemon::start();
+    let st = d.json(&["status"]);
+    assert_eq!(
+        st["log_dropped"], 0,
+        "a healthy daemon drops no log lines: {st}"
+    );
+    assert!(
+        d.ok(&["status"]).contains("log dropped: 0 lines"),
+        "the human status shows it too"
+    );
+}
