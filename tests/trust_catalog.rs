@@ -357,6 +357,51 @@ fn unclean_restart_removes_new_uncommitted_chunks_and_quarantines_old_ones() {
     assert_files(&d.vol("v"), &want);
 }
 
+/// `fsck --repair` moves a chunk file no catalog row knows (`orphan_file`)
+/// into the quarantine instead of deleting it: against a wrong or restored
+/// catalog it is data. `tokenctl status` counts it, a restart keeps it, and
+/// the files in use are untouched.
+#[test]
+fn fsck_repair_quarantines_orphan_chunk_files() {
+    let mut d = Daemon::start();
+    d.ok(&["create", "v"]);
+    let want = write_files(&d.vol("v"), &[("kept", pattern(11, 3 << 20))]);
+    let before = chunk_names(&d.state);
+
+    let orphan = sha_hex(b"a chunk file no catalog row knows");
+    let path = d.state.join("chunks").join(&orphan[..2]).join(&orphan);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let data = pattern(12, 10_000);
+    std::fs::write(&path, &data).unwrap();
+
+    let o = d.tokenctl(&["fsck"]);
+    let report = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(8), "fsck finds the orphan: {report}");
+    assert!(report.contains("PROBLEM: orphan_file"), "{report}");
+    assert!(path.exists(), "plain fsck changes nothing");
+
+    let repaired = d.ok(&["fsck", "--repair"]);
+    assert!(
+        repaired.contains("repaired: orphan_file") && repaired.contains(".quarantine"),
+        "{repaired}"
+    );
+    assert!(!path.exists(), "the orphan left the store");
+    assert_eq!(quarantine_names(&d.state), BTreeSet::from([orphan.clone()]));
+    let q = d.state.join("chunks/.quarantine").join(&orphan);
+    assert_eq!(std::fs::read(&q).unwrap(), data, "kept whole, not deleted");
+    assert_eq!(chunk_names(&d.state), before, "chunks in use untouched");
+    let s = d.json(&["status"]);
+    assert_eq!(s["quarantined_chunks"], 1, "{s}");
+    assert_eq!(s["quarantined_bytes"], 10_000, "{s}");
+    d.ok(&["fsck"]);
+
+    // Still there after a restart (deleted only after quarantine_days).
+    d.restart();
+    assert_eq!(std::fs::read(&q).unwrap(), data);
+    assert_eq!(d.json(&["status"])["quarantined_chunks"], 1);
+    assert_files(&d.vol("v"), &want);
+}
+
 /// With `backup_interval_secs = 1` backups appear while the daemon runs,
 /// each a sound copy marked as a backup, at most `backup_keep` are kept,
 /// and a clean shutdown adds one holding the last change.

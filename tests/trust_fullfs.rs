@@ -308,6 +308,11 @@ fn full_state_filesystem_keeps_serving() {
         "the drops are counted once the log can be written; log:\n{}",
         d.log()
     );
+    let st: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
+    assert!(
+        st["log_dropped"].as_u64().unwrap() > 0,
+        "status counts the dropped log lines: {st}"
+    );
 
     // Full again, with the reserve spent: a destroy that cannot commit
     // fails cleanly, and the volume stays as it was.

@@ -384,7 +384,20 @@ fn run(cli: &Cli) -> Result<u8, Error> {
     Ok(0)
 }
 
+/// Restores SIGPIPE's default, as C programs have it: Rust ignores it, so
+/// `tokenctl status | head -1` would get EPIPE from `println!` and panic.
+/// Now the closed pipe ends tokenctl quietly, like coreutils. The control
+/// socket is written with MSG_NOSIGNAL, so a daemon that hangs up is still
+/// reported as an error rather than killing tokenctl.
+fn default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL
+    // installs no Rust handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     match run(&cli) {
         Ok(code) => ExitCode::from(code),

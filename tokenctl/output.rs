@@ -161,6 +161,7 @@ impl Output {
             human_bytes(s.quarantined_bytes),
             s.quarantine_days
         );
+        println!("log dropped: {} lines", s.log_dropped);
         Ok(())
     }
 

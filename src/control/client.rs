@@ -1,6 +1,6 @@
 //! The client side of the control socket, used by `tokenctl`.
 
-use std::io::{BufReader, IoSlice, Write};
+use std::io::{BufReader, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -90,29 +90,37 @@ impl Client {
         self.reply(progress)
     }
 
+    /// Writes the request frame with `sendmsg(MSG_NOSIGNAL)`: tokenctl
+    /// restores SIGPIPE's default so a closed stdout ends it quietly, but a
+    /// daemon that hung up must stay an error (EPIPE) here, not a silent
+    /// death. The passed `fd` rides on the first chunk only.
     fn send(&mut self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<()> {
         let buf = frame_bytes(req)?;
         let werr = |e| Error::io("control socket: writing", e);
         let mut sent = 0;
-        if let Some(fd) = fd {
-            let raw = [fd.as_raw_fd()];
-            let cmsg = [ControlMessage::ScmRights(&raw)];
-            sent = loop {
-                match sendmsg::<()>(
-                    self.writer.as_raw_fd(),
-                    &[IoSlice::new(&buf)],
-                    &cmsg,
-                    MsgFlags::empty(),
-                    None,
-                ) {
-                    Ok(n) => break n,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(werr(std::io::Error::from(e))),
+        let mut pass = fd.map(|f| [f.as_raw_fd()]);
+        while sent < buf.len() {
+            let cmsg: Vec<ControlMessage<'_>> =
+                pass.iter().map(|r| ControlMessage::ScmRights(r)).collect();
+            match sendmsg::<()>(
+                self.writer.as_raw_fd(),
+                &[IoSlice::new(&buf[sent..])],
+                &cmsg,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Ok(0) => {
+                    return Err(werr(std::io::Error::from(std::io::ErrorKind::WriteZero)));
                 }
-            };
+                Ok(n) => {
+                    sent += n;
+                    pass = None;
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(werr(std::io::Error::from(e))),
+            }
         }
-        self.writer.write_all(&buf[sent..]).map_err(werr)?;
-        self.writer.flush().map_err(werr)
+        Ok(())
     }
 
     fn reply(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<serde_json::Value> {

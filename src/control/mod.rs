@@ -152,6 +152,12 @@ pub struct DaemonStatus {
     pub quarantined_bytes: u64,
     #[serde(default)]
     pub quarantine_days: u64,
+    /// Log lines dropped since start (the log queue was full or a write
+    /// failed, e.g. on a full disk): the log is bounded rather than the
+    /// daemon slowed, so this says how much of it is missing. Default for
+    /// replies from daemons that predate it.
+    #[serde(default)]
+    pub log_dropped: u64,
 }
 
 /// One frame's bytes: the length, then the JSON.

@@ -90,6 +90,7 @@ impl Service {
             quarantined_chunks: quarantined.len() as u64,
             quarantined_bytes: quarantined.iter().map(|q| q.1).sum(),
             quarantine_days: env.store.quarantine_days(),
+            log_dropped: crate::daemon::log::dropped(),
         })
     }
 }

@@ -823,6 +823,20 @@ impl ChunkStore {
         Ok(true)
     }
 
+    /// [`quarantine`](Self::quarantine) unless `h` is pinned (being
+    /// written or read), decided under the pin lock like
+    /// [`remove_unpinned`](Self::remove_unpinned). `fsck --repair` uses it
+    /// for chunk files no catalog row knows: against a wrong or restored
+    /// catalog they are data, so they are kept for the grace period rather
+    /// than deleted. False if pinned or gone.
+    pub fn quarantine_unpinned(&self, h: &Hash) -> Result<bool> {
+        let pins = self.pins.lock();
+        if pins.contains_key(h) {
+            return Ok(false);
+        }
+        self.quarantine(h)
+    }
+
     /// The chunks in the quarantine: hash, file size and when each went
     /// there.
     pub fn quarantined(&self) -> Vec<(Hash, u64, std::time::SystemTime)> {

@@ -14,7 +14,9 @@
 //!
 //! Repairs never invent data: a missing or corrupt chunk is reported with
 //! the files that use it, and stays as it is for the durable tier (or the
-//! operator) to restore.
+//! operator) to restore. Nor do they destroy it: an `orphan_file` is moved
+//! to the catalog quarantine (`STATE/chunks/.quarantine/`, see
+//! `store::guard`), not deleted, since the catalog may be the wrong one.
 
 use std::collections::{HashMap, HashSet};
 
@@ -315,10 +317,23 @@ fn check_store(env: &Env, repair: bool, rep: &mut Report) -> Result<()> {
                     continue;
                 }
             }
-            let fixed = repair && env.store.remove_unpinned(&h, || Ok(true)).unwrap_or(false);
+            // Repair quarantines rather than deletes: against a wrong or
+            // restored catalog the file is data. The grace period
+            // (`catalog.quarantine_days`) deletes it later; a catalog that
+            // references it takes it back at start-up.
+            let fixed = repair && env.store.quarantine_unpinned(&h).unwrap_or(false);
+            let path = env.store.path(&h);
             rep.add(
                 "orphan_file",
-                format!("{} has no catalog row", env.store.path(&h).display()),
+                if fixed {
+                    format!(
+                        "{} has no catalog row; moved to {}",
+                        path.display(),
+                        env.store.quarantine_dir().display()
+                    )
+                } else {
+                    format!("{} has no catalog row", path.display())
+                },
                 fixed,
             );
         }
