@@ -660,6 +660,31 @@ impl Guard {
     }
 }
 
+/// Reads the chunk store's identity (if `chunks` is given) and adds a
+/// problem when it cannot be read or differs from the catalog's
+/// `store_id`; shared by the live and the offline catalog checks.
+fn compare_store_ids(
+    store_id: Option<&str>,
+    chunks: Option<&Path>,
+    problems: &mut Vec<String>,
+) -> Option<String> {
+    let chunk_store_id = chunks.and_then(|d| match read_store_id(d) {
+        Ok(id) => id,
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    });
+    if let (Some(a), Some(b)) = (store_id, &chunk_store_id)
+        && a != b
+    {
+        problems.push(format!(
+            "the catalog belongs to store {a}, but the chunk store is store {b}"
+        ));
+    }
+    chunk_store_id
+}
+
 /// `tokenctl fsck --catalog` against the running daemon: the full
 /// `PRAGMA integrity_check` of the live catalog and its store identity
 /// against the chunk store's.
@@ -671,20 +696,7 @@ pub fn check_live(catalog: &Catalog, chunks: &Path) -> Result<CatalogReport> {
     } else {
         None
     };
-    let chunk_store_id = match read_store_id(chunks) {
-        Ok(id) => id,
-        Err(e) => {
-            problems.push(e.to_string());
-            None
-        }
-    };
-    if let (Some(a), Some(b)) = (&store_id, &chunk_store_id)
-        && a != b
-    {
-        problems.push(format!(
-            "the catalog belongs to store {a}, but the chunk store is store {b}"
-        ));
-    }
+    let chunk_store_id = compare_store_ids(store_id.as_deref(), Some(chunks), &mut problems);
     let ok = problems.is_empty();
     let state = chunks.parent().unwrap_or(chunks).display().to_string();
     Ok(CatalogReport {
@@ -750,20 +762,7 @@ pub fn check_file(path: &Path, chunks: Option<&Path>) -> CatalogReport {
         },
         Err(e) => problems.push(format!("cannot read it: {e}")),
     }
-    let chunk_store_id = chunks.and_then(|d| match read_store_id(d) {
-        Ok(id) => id,
-        Err(e) => {
-            problems.push(e.to_string());
-            None
-        }
-    });
-    if let (Some(a), Some(b)) = (&store_id, &chunk_store_id)
-        && a != b
-    {
-        problems.push(format!(
-            "the catalog belongs to store {a}, but the chunk store is store {b}"
-        ));
-    }
+    let chunk_store_id = compare_store_ids(store_id.as_deref(), chunks, &mut problems);
     let ok = problems.is_empty();
     CatalogReport {
         catalog: path.display().to_string(),
