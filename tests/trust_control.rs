@@ -172,6 +172,17 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// The lowest descriptor number `pid` has free. RLIMIT_NOFILE bounds
+/// descriptor *numbers*, not how many are open: with a hole below the
+/// limit a process can still open one, even when its count is at the limit.
+fn lowest_free_fd(pid: u32) -> usize {
+    let used: std::collections::BTreeSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !used.contains(n)).unwrap()
+}
+
 #[test]
 fn attach_takes_the_callers_own_open() {
     let Some((d, helper)) = open_daemon(None) else {
@@ -592,18 +603,17 @@ fn out_of_descriptors_the_accept_loop_backs_off_and_answers() {
         }
         fds = now;
     }
-    // A descriptor the daemon opened between the count and the limit (a
-    // flood connection accepted late) would leave it above its limit, where
-    // even the spare it keeps cannot make room: set the limit again to
-    // what it holds until the two agree.
+    // The limit goes to the lowest free descriptor number, so every number
+    // under it is taken. A descriptor the daemon opens between the reading
+    // and the limit fills that hole: read again until the two agree.
     for _ in 0..20 {
-        limit(fds);
+        let free = lowest_free_fd(d.pid());
+        limit(free);
         std::thread::sleep(Duration::from_millis(100));
-        let now = open_fds(d.pid());
-        if now <= fds {
+        fds = open_fds(d.pid());
+        if lowest_free_fd(d.pid()) >= free {
             break;
         }
-        fds = now;
     }
     // More connections wait in the queue meanwhile.
     let (flood2, _) = Flood::start(&d, &helper, 1000, "flood", 20);
