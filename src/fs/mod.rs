@@ -79,13 +79,31 @@ pub struct VolumeInfo {
     pub slot: u32,
 }
 
+/// One file under `/media`: the whole medium (empty `suffix`, shown as
+/// `media/<id>`) or a part of it such as a partition (`media/<id>-<suffix>`).
+/// A kind says which it exposes; the namespace only lists them.
+pub struct MediaEntry {
+    pub suffix: String,
+    pub medium: SharedMedium,
+}
+
+impl MediaEntry {
+    /// The whole medium, at `media/<id>`.
+    pub fn whole(medium: SharedMedium) -> Self {
+        Self {
+            suffix: String::new(),
+            medium,
+        }
+    }
+}
+
 /// A volume that is visible in the mount.
 pub struct Mounted {
     pub slot: u32,
     pub info: RwLock<VolumeInfo>,
     pub fs: Arc<dyn VolumeFs>,
-    /// The whole medium, exposed at `/media/<id>`.
-    pub medium: Option<SharedMedium>,
+    /// The files this volume shows under `/media`, whole medium first.
+    pub media: Vec<MediaEntry>,
     /// Attribute/entry lifetime for this volume's inodes.
     pub ttl: Duration,
     /// Open file handles; detach refuses while non-zero.
@@ -328,7 +346,7 @@ impl Core {
     }
 
     fn media_attr(&self, m: &Mounted) -> Option<Attr> {
-        let medium = m.medium.as_ref()?;
+        let medium = &m.media.first()?.medium;
         // The medium file's owner and read bits: the kernel then lets read it
         // through the mount exactly the users who may read the file itself.
         let base = self.dir_attr(MEDIA_BASE | u64::from(m.slot), 1);
@@ -518,7 +536,7 @@ impl Core {
         for (slot, m) in &r.by_slot {
             let info = m.info.read();
             if media {
-                if m.medium.is_some() {
+                if !m.media.is_empty() {
                     out.push((info.id.clone(), MEDIA_BASE | u64::from(*slot)));
                 }
             } else {
@@ -568,8 +586,9 @@ impl Core {
                 }
                 let m = self.vol(slot)?;
                 let medium = m
-                    .medium
-                    .clone()
+                    .media
+                    .first()
+                    .map(|e| e.medium.clone())
                     .ok_or_else(|| Error::kind_only(ErrorKind::NotFound))?;
                 let file = Arc::new(MediumOpen { medium, ino });
                 let opts = file.open_opts();

@@ -46,7 +46,7 @@ fn mount_one(core: &Core, slot: u32, id: &str, name: Option<&str>) -> tempfile::
             slot,
         }),
         fs: Arc::new(fs),
-        medium: Some(medium),
+        media: vec![MediaEntry::whole(medium)],
         ttl: Duration::from_secs(60),
         open_files: AtomicU64::new(0),
     }))
@@ -216,7 +216,7 @@ fn duplicate_registration_is_refused() {
                 slot: 6,
             }),
             fs: Arc::new(fs),
-            medium: None,
+            media: Vec::new(),
             ttl: Duration::from_secs(1),
             open_files: AtomicU64::new(0),
         }))

@@ -29,7 +29,7 @@ use super::native::{NativeVolume, fsck, meta as native_meta};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::perm::Caller;
 use crate::fs::types::Timespec;
-use crate::fs::{Core, MEDIA_INO, Mounted, VOLUMES_INO, VolumeInfo};
+use crate::fs::{Core, MEDIA_INO, MediaEntry, Mounted, VOLUMES_INO, VolumeInfo};
 use crate::lifecycle::{Attachment, Kind, Residency};
 use crate::store::catalog::{Catalog, VolumeRecord};
 use crate::store::chunks::Orphans;
@@ -390,7 +390,7 @@ impl Manager {
             slot: rec.slot,
             info: RwLock::new(Self::info(rec, Attachment::Attached)),
             fs: Arc::new(fs),
-            medium: Some(medium),
+            media: vec![MediaEntry::whole(medium)],
             ttl: self.archive_ttl,
             open_files: AtomicU64::new(0),
         });
@@ -984,7 +984,7 @@ impl Manager {
             slot: rec.slot,
             info: RwLock::new(Self::info(rec, Attachment::Attached)),
             fs: Arc::new(fs),
-            medium: None,
+            media: Vec::new(),
             ttl: self.native_ttl,
             open_files: AtomicU64::new(0),
         });
