@@ -89,7 +89,26 @@ fn fail(f: &Fatal) -> ExitCode {
     ExitCode::from(f.code as u8)
 }
 
+/// Pins glibc's mmap threshold at 8 MiB. Each FUSE worker allocates a
+/// zeroed 16 MiB request buffer. With glibc's dynamic threshold, freeing the
+/// first such buffer (the INIT handshake's) raises the threshold above
+/// 16 MiB. Every later worker's buffer then comes from a malloc arena, where
+/// `calloc` must write zeros over memory it reuses: up to 16 MiB of resident
+/// memory per worker for a buffer that mostly carries small requests. With
+/// the threshold fixed, those buffers are always fresh mmaps, which the
+/// kernel zeroes lazily, page by page. Chunk-sized buffers (1 MiB) and the
+/// 4 MiB pieces of the decompressed cache stay on the heap, where their
+/// memory is reused without new page faults.
+fn fix_mmap_threshold() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    fix_mmap_threshold();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Config => {
