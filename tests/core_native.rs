@@ -360,3 +360,80 @@ fn data_survives_a_restart() {
     let a = t.lookup(root, b"after").unwrap();
     assert_eq!(t.read_all(a.ino, &ROOT).unwrap(), b"after restart");
 }
+
+/// The other calls that make entries or change a file without a handle:
+/// mknod (a regular file made without an open), symlink and readlink,
+/// truncate through setattr, and a listing resumed from an offset.
+#[test]
+fn mknod_symlink_truncate_and_listing_offsets() {
+    let t = TestCore::new();
+    let root = t.create_volume("work", &caller(0, 0));
+
+    let n = t
+        .core()
+        .dir_op(root, |v, p| {
+            v.mknod(p, b"node", libc::S_IFREG | 0o640, 0o022, 0, &ROOT)
+        })
+        .unwrap()
+        .0;
+    assert_eq!((n.kind, n.size, n.perm), (FileKind::File, 0, 0o640));
+    let (fh, _) = t
+        .core()
+        .open(n.ino, OpenFlags(libc::O_WRONLY), &ROOT)
+        .unwrap();
+    let data = pattern(9, BIG);
+    t.write_all(fh, 0, &data).unwrap();
+    t.core().flush(fh, OWNER).unwrap();
+    t.core().release(fh).unwrap();
+    assert_eq!(t.read_all(n.ino, &ROOT).unwrap(), data);
+
+    // Truncate without a handle: shorter, then longer (zeros).
+    let cut = SetAttr {
+        size: Some(1000),
+        ..SetAttr::default()
+    };
+    let (a, _) = t.core().setattr(n.ino, &cut, None, &ROOT).unwrap();
+    assert_eq!(a.size, 1000);
+    assert_eq!(t.read_all(n.ino, &ROOT).unwrap(), &data[..1000]);
+    assert_eq!(t.chunk_files(), 1, "the chunks past the new end are freed");
+    let grow = SetAttr {
+        size: Some(5000),
+        ..SetAttr::default()
+    };
+    t.core().setattr(n.ino, &grow, None, &ROOT).unwrap();
+    let mut want = data[..1000].to_vec();
+    want.resize(5000, 0);
+    assert_eq!(t.read_all(n.ino, &ROOT).unwrap(), want);
+
+    let l = t
+        .core()
+        .dir_op(root, |v, p| v.symlink(p, b"link", b"node", &ROOT))
+        .unwrap()
+        .0;
+    assert_eq!(l.kind, FileKind::Symlink);
+    assert_eq!(t.core().readlink(l.ino).unwrap(), b"node");
+    assert_eq!(t.lookup(root, b"link").unwrap().ino, l.ino);
+
+    // A listing resumed from the offset of an entry goes on after it.
+    for i in 0..5 {
+        t.write_new(root, &format!("f{i}"), b"", &ROOT).unwrap();
+    }
+    let mut all = Vec::new();
+    t.core()
+        .readdir(root, 0, &mut |e| {
+            all.push((String::from_utf8_lossy(e.name).into_owned(), e.next));
+            true
+        })
+        .unwrap();
+    assert_eq!(all.len(), 2 + 7, "., .., node, link, f0..f4: {all:?}");
+    let (_, resume) = all[4].clone();
+    let mut rest = Vec::new();
+    t.core()
+        .readdir(root, resume, &mut |e| {
+            rest.push(String::from_utf8_lossy(e.name).into_owned());
+            true
+        })
+        .unwrap();
+    let want: Vec<String> = all[5..].iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(rest, want);
+}
