@@ -3,6 +3,7 @@
 //! entry points (`detect`, `build_index`) and read back through
 //! `ArchiveVolume` as `VolumeFs`, without a mount.
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -201,4 +202,48 @@ fn a_tar_stored_as_chunks_reads_through_the_chunked_medium() {
     let part = Slice::new(base.clone(), LEAD as u64, tar.len() as u64, "tape p1").unwrap();
     check_volume(&attach(Arc::new(part), "tape p1"));
     assert!(base.end.load(Ordering::Relaxed) <= (LEAD + tar.len()) as u64);
+}
+
+/// A medium that counts its reads.
+struct Counted {
+    data: Vec<u8>,
+    reads: AtomicU64,
+}
+
+impl ReadAt for Counted {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.data.read_at(buf, offset)
+    }
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+}
+
+/// The read-ahead window keeps an archive of many small members at a few
+/// reads per MiB, through a slice as directly: 2000 members (2 MiB of
+/// headers and data) cost one read to detect the format and one per window
+/// (64, 128, then 256 KiB), not one per header.
+#[test]
+fn many_small_members_cost_one_read_per_window() {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..2000 {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(100);
+        b.append_data(&mut h, format!("d/f{i}"), &[b'x'; 100][..])
+            .unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let whole = Arc::new(Counted {
+        data: disk(&tar),
+        reads: AtomicU64::new(0),
+    });
+    let part: SharedMedium =
+        Arc::new(Slice::new(whole.clone(), LEAD as u64, tar.len() as u64, "p").unwrap());
+    let format = archive::detect(&*part, "p").unwrap();
+    let idx = archive::build_index(&*part, "p", format, implicit(), &mut |_| {}).unwrap();
+    assert_eq!(idx.stats.files, 2000);
+    let windows = 2 + (tar.len() as u64 - (192 << 10)).div_ceil(256 << 10);
+    assert_eq!(whole.reads.load(Ordering::Relaxed), 1 + windows);
 }
