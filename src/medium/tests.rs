@@ -247,3 +247,43 @@ fn many_small_members_cost_one_read_per_window() {
     let windows = 2 + (tar.len() as u64 - (192 << 10)).div_ceil(256 << 10);
     assert_eq!(whole.reads.load(Ordering::Relaxed), 1 + windows);
 }
+
+/// The zip parser reads through the same stack: a zip made by python's
+/// zipfile (one stored and one deflated member) inside a partition slice.
+#[test]
+fn a_zip_inside_a_partition_slice_reads_through_the_medium_stack() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("t.zip");
+    let script = "import sys, zipfile\n\
+        with zipfile.ZipFile(sys.argv[1], 'w') as z:\n\
+        \x20   z.writestr('a/stored.txt', 'stored bytes\\n', zipfile.ZIP_STORED)\n\
+        \x20   z.writestr('deflated.txt', 'ab' * 50000, zipfile.ZIP_DEFLATED)\n";
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .expect("python3 (scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let zip = std::fs::read(&path).unwrap();
+    let base = watched(Arc::new(disk(&zip)));
+    let part: SharedMedium =
+        Arc::new(Slice::new(base.clone(), LEAD as u64, zip.len() as u64, "p2").unwrap());
+    assert_eq!(archive::detect(&*part, "p2").unwrap(), Format::Zip);
+    let idx = archive::build_index(&*part, "p2", Format::Zip, implicit(), &mut |_| {}).unwrap();
+    let v = ArchiveVolume::new("p2".into(), idx, part, std::env::temp_dir());
+    assert_eq!(read_file(&v, &[b"a", b"stored.txt"]), b"stored bytes\n");
+    assert!(read_file(&v, &[b"deflated.txt"]) == b"ab".repeat(50_000));
+    let (lo, hi) = (
+        base.lowest.load(Ordering::Relaxed),
+        base.end.load(Ordering::Relaxed),
+    );
+    assert!(
+        lo >= LEAD as u64 && hi <= (LEAD + zip.len()) as u64,
+        "read [{lo}, {hi}) of the disk, outside the partition"
+    );
+}
