@@ -12,6 +12,7 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod lifecycle;
+pub mod medium;
 pub mod store;
 pub mod tier;
 pub mod token;

@@ -39,7 +39,7 @@ use self::ops::{DirEntry, OpenFile, VOLUME_ROOT, VolumeFs};
 use self::types::{Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, StatFs, Timespec};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::lifecycle::{Attachment, Kind};
-use crate::volume::archive::SharedMedium;
+use crate::medium::SharedMedium;
 
 pub const ROOT_INO: u64 = 1;
 pub const VOLUMES_INO: u64 = 2;

@@ -1,6 +1,5 @@
 //! Volume kinds: archive (tar, zip) and native (writable, chunk store).
 
 pub mod archive;
-pub mod identity;
 pub mod manager;
 pub mod native;

@@ -48,8 +48,8 @@ use miniz_oxide::inflate::core::{BlockBoundaryState, DecompressorOxide, decompre
 use parking_lot::Mutex;
 
 use super::cache::{BLOCK, Charge, DecompCache, VolumeCache};
-use super::index::ReadAt;
 use crate::error::{Error, ErrorKind, Result};
+use crate::medium::ReadAt;
 
 /// The deflate window: how far back a match may reach.
 const WINDOW: usize = 32 << 10;

@@ -23,7 +23,6 @@
 //!   mode 0755 and the owner and mtime of the medium.
 
 use std::collections::HashMap;
-use std::io;
 
 use serde::{Deserialize, Serialize};
 
@@ -57,99 +56,6 @@ pub fn with_member_limit<T>(limit: u64, f: impl FnOnce() -> T) -> (T, bool) {
     let out = f();
     let (_, hit) = MEMBER_LIMIT.replace(saved);
     (out, hit)
-}
-
-/// The owner, group and permission bits of a medium file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MediumOwner {
-    pub uid: u32,
-    pub gid: u32,
-    pub perm: u16,
-}
-
-/// Random-access reads from a medium. `File` gets it through `pread`, byte
-/// slices get it for unit tests and fuzzing.
-pub trait ReadAt: Sync {
-    /// Reads up to `buf.len()` bytes at `offset`; returns 0 only at the end.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
-    /// The medium's length in bytes.
-    fn size(&self) -> u64;
-    /// The medium file's owner and mode, which `media/<id>` shows; `None`
-    /// where there is no file (tests, fuzzing).
-    fn owner(&self) -> Option<MediumOwner> {
-        None
-    }
-
-    /// Fills `buf` from `offset`, or fails with `UnexpectedEof`.
-    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
-        while !buf.is_empty() {
-            match self.read_at(buf, offset) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => {
-                    buf = &mut buf[n..];
-                    offset += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-}
-
-impl ReadAt for [u8] {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let len = self.len() as u64;
-        if offset >= len {
-            return Ok(0);
-        }
-        let start = offset as usize;
-        let n = buf.len().min(self.len() - start);
-        buf[..n].copy_from_slice(&self[start..start + n]);
-        Ok(n)
-    }
-    fn size(&self) -> u64 {
-        self.len() as u64
-    }
-}
-
-impl ReadAt for &[u8] {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        (**self).read_at(buf, offset)
-    }
-    fn size(&self) -> u64 {
-        self.len() as u64
-    }
-}
-
-impl ReadAt for Vec<u8> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.as_slice().read_at(buf, offset)
-    }
-    fn size(&self) -> u64 {
-        self.len() as u64
-    }
-}
-
-/// A medium file opened for `pread`, with its size fixed at open time.
-#[derive(Debug)]
-pub struct MediumFile {
-    pub file: std::fs::File,
-    pub size: u64,
-}
-
-impl ReadAt for MediumFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        if offset >= self.size {
-            return Ok(0);
-        }
-        let max = (self.size - offset).min(buf.len() as u64) as usize;
-        self.file.read_at(&mut buf[..max], offset)
-    }
-    fn size(&self) -> u64 {
-        self.size
-    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,10 +23,11 @@ use serde::{Deserialize, Serialize};
 
 use self::cache::VolumeCache;
 use self::deflate_index::{DeflateIndex, Hold, Stream};
-use self::index::{ArchiveIndex, Data, Meta, Node, NodeKind, ROOT, ReadAt};
+use self::index::{ArchiveIndex, Data, Meta, Node, NodeKind, ROOT};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::{DirEntry, OpenFile, VOLUME_ROOT, VolumeFs};
 use crate::fs::types::{Attr, Ctx, FileKind, OpenFlags, StatFs, Timespec};
+use crate::medium::{ReadAt, SharedMedium};
 use crate::store::catalog::Catalog;
 use crate::store::treehash::TreeHasher;
 
@@ -232,9 +233,6 @@ fn node_attr(ino: u64, n: &Node) -> Attr {
         blksize: Attr::blksize_for(kind),
     }
 }
-
-/// A medium shared by the volume, its open files and deflate indexes.
-pub type SharedMedium = Arc<dyn ReadAt + Send>;
 
 struct Inner {
     label: String,

@@ -20,8 +20,9 @@
 
 use std::mem;
 
-use super::index::{ArchiveIndex, Data, IndexBuilder, Member, Meta, NodeKind, ReadAt, Segment};
+use super::index::{ArchiveIndex, Data, IndexBuilder, Member, Meta, NodeKind, Segment};
 use crate::error::{Error, Result};
+use crate::medium::{ReadAt, Window};
 
 /// The tar block size: headers start, and member data is padded, on multiples of it.
 const BLOCK: u64 = 512;
@@ -39,7 +40,7 @@ const MAX_GLOBAL_XATTRS: usize = 4 << 10;
 const MAX_SPARSE_ENTRIES: usize = 1_000_000;
 /// How far the scan advances between calls to the progress callback.
 const PROGRESS_STEP: u64 = 1 << 20;
-/// Bounds and starting size of the read window (see [`Window`]).
+/// Bounds and starting size of the read window (see [`Source`]).
 const WINDOW_MIN: usize = 8 << 10;
 const WINDOW_START: usize = 64 << 10;
 const WINDOW_MAX: usize = 256 << 10;
@@ -55,7 +56,7 @@ pub fn index_tar(
 ) -> Result<ArchiveIndex> {
     let mut walker = Walker {
         label,
-        win: Window::new(medium, label),
+        win: Source::new(medium, label),
         builder: IndexBuilder::new("tar", implicit),
         global: PaxAttrs::default(),
         pending: Pending::default(),
@@ -648,49 +649,43 @@ fn old_sparse_entries(
 // Reading the medium
 // ---------------------------------------------------------------------------
 
-/// A read-ahead window over the medium. Headers and small extension data are
-/// served from it; when a request falls outside, it is refilled at the
-/// requested offset. Its size adapts: it doubles while most of each window is
-/// used (many small members) and halves while most is skipped (large members
-/// whose data we step over), so neither case reads much that it does not need.
-struct Window<'a> {
-    medium: &'a dyn ReadAt,
+/// The medium as the walk reads it: headers and small extension data come
+/// from the shared read-ahead [`Window`], in its adaptive shape (it grows
+/// while most of each window is used, for many small members, and shrinks
+/// while most is skipped, for large members whose data we step over), and
+/// every error names the medium and the offset.
+struct Source<'a> {
+    win: Window<'a>,
     label: &'a str,
     size: u64,
-    buf: Vec<u8>,
-    start: u64,
-    len: usize,
-    /// The end of the furthest byte served from the current window.
-    used_end: u64,
-    want: usize,
 }
 
-impl<'a> Window<'a> {
+impl<'a> Source<'a> {
     fn new(medium: &'a dyn ReadAt, label: &'a str) -> Self {
-        Window {
-            medium,
+        let win = Window::adaptive(medium, WINDOW_MIN, WINDOW_START, WINDOW_MAX);
+        Source {
+            size: win.size(),
+            win,
             label,
-            size: medium.size(),
-            buf: Vec::new(),
-            start: 0,
-            len: 0,
-            used_end: 0,
-            want: WINDOW_START,
         }
     }
 
     /// `len` (at most [`WINDOW_MAX`]) bytes at `off`, which the caller has
     /// checked lie inside the medium.
     fn get(&mut self, off: u64, len: usize) -> Result<&[u8]> {
-        let end = off.saturating_add(len as u64);
-        if off < self.start || end > self.start + self.len as u64 {
-            self.refill(off, len)?;
+        let label = self.label;
+        let got = self
+            .win
+            .get(off, len)
+            .map_err(|e| Error::io(format!("{label}: reading at offset {off}"), e))?;
+        if got.len() < len {
+            return Err(Error::corrupt(
+                label,
+                off,
+                "read past the end of the medium",
+            ));
         }
-        self.used_end = self.used_end.max(end);
-        let at = (off - self.start) as usize;
-        self.buf
-            .get(at..at + len)
-            .ok_or_else(|| Error::corrupt(self.label, off, "read past the end of the medium"))
+        Ok(got)
     }
 
     fn byte(&mut self, off: u64) -> Result<u8> {
@@ -704,41 +699,11 @@ impl<'a> Window<'a> {
             return Ok(self.get(off, len)?.to_vec());
         }
         let mut buf = vec![0u8; len];
-        self.read_exact(&mut buf, off)?;
+        self.win
+            .medium()
+            .read_exact_at(&mut buf, off)
+            .map_err(|e| Error::io(format!("{}: reading at offset {off}", self.label), e))?;
         Ok(buf)
-    }
-
-    fn refill(&mut self, off: u64, min_len: usize) -> Result<()> {
-        if self.len > 0 {
-            let used = self.used_end.saturating_sub(self.start);
-            self.want = if used.saturating_mul(2) < self.len as u64 {
-                (self.want / 2).max(WINDOW_MIN)
-            } else {
-                (self.want * 2).min(WINDOW_MAX)
-            };
-        }
-        let avail = self.size.saturating_sub(off);
-        let n = (self.want.max(min_len) as u64).min(avail) as usize;
-        if self.buf.len() < n {
-            self.buf.resize(n, 0);
-        }
-        let mut buf = mem::take(&mut self.buf);
-        let read = match buf.get_mut(..n) {
-            Some(part) => self.read_exact(part, off),
-            None => Ok(()),
-        };
-        self.buf = buf;
-        // Invalidate before propagating an error so a stale window is never served.
-        self.len = if read.is_ok() { n } else { 0 };
-        self.start = off;
-        self.used_end = off;
-        read
-    }
-
-    fn read_exact(&self, buf: &mut [u8], off: u64) -> Result<()> {
-        self.medium
-            .read_exact_at(buf, off)
-            .map_err(|e| Error::io(format!("{}: reading at offset {off}", self.label), e))
     }
 }
 
@@ -870,7 +835,7 @@ enum Step {
 
 struct Walker<'a> {
     label: &'a str,
-    win: Window<'a>,
+    win: Source<'a>,
     builder: IndexBuilder,
     global: PaxAttrs,
     pending: Pending,
@@ -2712,7 +2677,7 @@ mod tests {
     #[test]
     #[ignore]
     fn index_speed() {
-        use crate::volume::archive::index::MediumFile;
+        use crate::medium::MediumFile;
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         for d in 0..20 {

@@ -16,15 +16,16 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::panic::{self, AssertUnwindSafe};
 
 use zip::DateTime;
 use zip::read::{ZipArchive, ZipFileEntry};
 use zip::result::ZipError;
 
-use super::index::{ArchiveIndex, Data, IndexBuilder, Member, Meta, NodeKind, ReadAt};
+use super::index::{ArchiveIndex, Data, IndexBuilder, Member, Meta, NodeKind};
 use crate::error::{Error, Result};
+use crate::medium::{ReadAt, Window};
 
 const LOCAL_SIG: &[u8; 4] = b"PK\x03\x04";
 const CENTRAL_SIG: &[u8; 4] = b"PK\x01\x02";
@@ -827,131 +828,14 @@ fn panic_text(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// A `Read + Seek` view of a medium that keeps the bytes around the last
-/// read, for the crate (which needs a stream) and for the small header reads
-/// done here.
-struct Window<'a> {
-    medium: &'a dyn ReadAt,
-    buf: Vec<u8>,
-    /// Medium offset of `buf[0]`.
-    start: u64,
-    capacity: usize,
-    /// Stream position for `Read` and `Seek`.
-    pos: u64,
-}
-
-impl<'a> Window<'a> {
-    fn new(medium: &'a dyn ReadAt, capacity: usize) -> Self {
-        Window {
-            medium,
-            buf: Vec::new(),
-            start: 0,
-            capacity,
-            pos: 0,
-        }
-    }
-
-    /// Reads up to `out.len()` bytes at `offset`; 0 only at the end.
-    fn read_at(&mut self, out: &mut [u8], offset: u64) -> io::Result<usize> {
-        if !self.holds(offset) {
-            if out.len() >= self.capacity {
-                return self.medium.read_at(out, offset);
-            }
-            self.fill(offset)?;
-        }
-        // `holds` (checked or just made true by `fill`) bounds the index.
-        let Some(skip) = offset
-            .checked_sub(self.start)
-            .and_then(|s| usize::try_from(s).ok())
-            .filter(|&s| s < self.buf.len())
-        else {
-            return Ok(0);
-        };
-        let n = out.len().min(self.buf.len() - skip);
-        out[..n].copy_from_slice(&self.buf[skip..skip + n]);
-        Ok(n)
-    }
-
-    fn read_exact_at(&mut self, mut out: &mut [u8], mut offset: u64) -> io::Result<()> {
-        while !out.is_empty() {
-            match self.read_at(out, offset) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => {
-                    out = &mut out[n..];
-                    offset += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    fn holds(&self, offset: u64) -> bool {
-        offset >= self.start && offset - self.start < self.buf.len() as u64
-    }
-
-    /// Loads the window with the bytes from `offset` on (fewer at the end).
-    fn fill(&mut self, offset: u64) -> io::Result<()> {
-        self.start = offset;
-        self.buf.clear();
-        if offset >= self.medium.size() {
-            return Ok(());
-        }
-        self.buf.resize(self.capacity, 0);
-        let mut len = 0;
-        while len < self.capacity {
-            match self
-                .medium
-                .read_at(&mut self.buf[len..], offset + len as u64)
-            {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.buf.clear();
-                    return Err(e);
-                }
-            }
-        }
-        self.buf.truncate(len);
-        Ok(())
-    }
-}
-
-impl Read for Window<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = self.read_at(out, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Seek for Window<'_> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let pos = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.medium.size().checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        let pos = pos.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek to a negative or overflowing position",
-            )
-        })?;
-        self.pos = pos;
-        Ok(pos)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
-    use crate::volume::archive::index::{self, Node, ROOT};
+    use crate::volume::archive::index::{Node, ROOT};
     use std::ffi::OsStr;
     use std::fs;
+    use std::io::{Seek, SeekFrom};
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
     use std::path::Path;
@@ -2022,7 +1906,7 @@ z = zipfile.ZipFile(sys.argv[1], 'w')
         }
         let zip = tmp.path().join("20k.zip");
         info_zip(&src, &zip, &["-r"]);
-        let medium = index::MediumFile {
+        let medium = crate::medium::MediumFile {
             file: fs::File::open(&zip).unwrap(),
             size: fs::metadata(&zip).unwrap().len(),
         };

@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use super::archive::index::ReadAt;
+use super::ReadAt;
 use crate::error::{Error, Result};
 
 /// Bytes hashed at each end of a medium for the identity check.
@@ -107,7 +107,7 @@ impl Primed {
         };
         let Ok(meta) = file.metadata() else { return };
         if meta.is_file() {
-            let m = super::archive::index::MediumFile {
+            let m = super::MediumFile {
                 size: meta.len(),
                 file,
             };
