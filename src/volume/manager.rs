@@ -24,7 +24,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use super::archive::index::IndexStats;
+use super::archive::index::{IndexStats, MediumFile};
 use super::identity::Primed;
 pub use super::kinds::FormatChoice;
 use super::kinds::{Attaching, Context, Kinds, Mount, Prepared, Source, VolumeKind};
@@ -408,11 +408,7 @@ impl Manager {
     }
 
     /// A prepared medium with the owner and mode its file had when opened.
-    fn attaching(
-        prepared: Prepared,
-        medium: super::archive::index::MediumFile,
-        meta: &std::fs::Metadata,
-    ) -> Attaching {
+    fn attaching(prepared: Prepared, medium: MediumFile, meta: &std::fs::Metadata) -> Attaching {
         Attaching {
             prepared,
             medium: Owned::shared(medium, meta),
