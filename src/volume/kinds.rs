@@ -442,19 +442,34 @@ impl Kinds {
             .ok_or_else(|| Error::new(ErrorKind::Unsupported, "no kind of volume is created"))
     }
 
-    /// The kind and format of a new medium: the one `format` names, or the
-    /// one detection finds.
+    /// The kind of a new medium, and its format: the one `format` names,
+    /// or the one detection finds.
+    ///
+    /// A medium nothing recognises goes, without a format, to the first
+    /// kind that detects media, whose [`VolumeKind::prepare`] runs
+    /// [`detect`] again and refuses it. So the caller's limits
+    /// ([`VolumeKind::admit_attach`]) are still checked first, as they
+    /// always were, and the refusal is the table's.
     pub fn for_medium(
         &self,
         format: FormatChoice,
         medium: &dyn ReadAt,
         label: &str,
-    ) -> Result<(&dyn VolumeKind, &'static Row)> {
-        let row = match format.row_name().and_then(row) {
-            Some(r) => r,
-            None => detect(medium, label)?,
+    ) -> Result<(&dyn VolumeKind, Option<&'static Row>)> {
+        let found = match format.row_name().and_then(row) {
+            Some(r) => Some(r),
+            None => detect(medium, label).ok(),
         };
-        Ok((self.get(row.kind)?, row))
+        let kind = found
+            .or_else(|| KINDS.iter().find(|r| r.detect.is_some()))
+            .map(|r| r.kind)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unsupported,
+                    format!("{label}: no kind of volume is attached from a medium"),
+                )
+            })?;
+        Ok((self.get(kind)?, found))
     }
 
     /// The refusal of `tokenctl fsck VOLUME` for a volume of a kind that
@@ -569,6 +584,26 @@ mod tests {
             created_ns: 0,
             root_ino: None,
         }
+    }
+
+    #[test]
+    fn a_new_medium_goes_to_the_kind_of_its_row() {
+        let kinds = Kinds::new();
+        let (k, r) = kinds
+            .for_medium(FormatChoice::Auto, &zip_bytes(), "z")
+            .unwrap();
+        assert_eq!((k.kind(), r.unwrap().name), (Kind::Archive, "zip"));
+        // Forced: no detection.
+        let (k, r) = kinds
+            .for_medium(FormatChoice::Tar, &zip_bytes(), "z")
+            .unwrap();
+        assert_eq!((k.kind(), r.unwrap().name), (Kind::Archive, "tar"));
+        // Unknown: the first detecting kind, which refuses it when indexing.
+        let (k, r) = kinds
+            .for_medium(FormatChoice::Auto, &vec![0u8; 1024], "x")
+            .unwrap();
+        assert_eq!(k.kind(), Kind::Archive);
+        assert!(r.is_none());
     }
 
     #[test]

@@ -267,10 +267,7 @@ impl Manager {
                 self.kinds.get(rec.kind)?,
                 format.row_name().and_then(super::kinds::row),
             ),
-            None => {
-                let (k, r) = self.kinds.for_medium(format, &medium, &label)?;
-                (k, Some(r))
-            }
+            None => self.kinds.for_medium(format, &medium, &label)?,
         };
         let budget = kind.admit_attach(&self.ctx, caller, existing.as_ref(), &label)?;
         let src = Source {
