@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod deflate_index;
 pub mod index;
+pub mod kind;
 pub mod tar;
 pub mod zip;
 

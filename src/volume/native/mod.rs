@@ -13,6 +13,7 @@
 
 pub mod file;
 pub mod fsck;
+pub mod kind;
 pub mod meta;
 pub mod patch;
 pub mod quota;
