@@ -57,47 +57,6 @@ impl Format {
     }
 }
 
-/// Magic numbers of compressed streams, to give a precise error.
-const COMPRESSED: &[(&[u8], &str)] = &[
-    (b"\x1f\x8b", "gzip"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"BZh", "bzip2"),
-];
-
-/// Decides the format of a medium from its content.
-pub fn detect(medium: &dyn ReadAt, label: &str) -> Result<Format> {
-    let mut head = [0u8; 512];
-    let n = medium
-        .read_at(&mut head, 0)
-        .map_err(|e| Error::io(format!("{label}: reading the first block"), e))?;
-    let head = &head[..n];
-    // Tar first: a tar may well contain a zip near its end, which the zip
-    // probe (it also finds self-extracting zips) would mistake for a zip.
-    if head.len() == 512 && tar::looks_like_tar(head) {
-        return Ok(Format::Tar);
-    }
-    if zip::looks_like_zip(medium) {
-        return Ok(Format::Zip);
-    }
-    for (magic, name) in COMPRESSED {
-        if head.starts_with(magic) {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "{label}: a {name}-compressed stream; attach the decompressed archive \
-                     (compressed archives are not supported yet)"
-                ),
-            ));
-        }
-    }
-    Err(Error::corrupt(
-        label,
-        0,
-        "not a tar or zip archive (no valid tar header and no zip signature)",
-    ))
-}
-
 /// Builds the index of `medium` in `format`. A parser bug that panics on a
 /// hostile archive becomes an error here instead of taking the daemon down.
 pub fn build_index(
@@ -756,19 +715,5 @@ mod tests {
         let e = check_ratios(v.index(), "t.zip", 0).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt);
         assert!(e.to_string().contains("member forged"), "{e}");
-    }
-
-    #[test]
-    fn detect_formats() {
-        assert!(
-            detect(&b"\x1f\x8b\x08rest".to_vec(), "x")
-                .err()
-                .unwrap()
-                .to_string()
-                .contains("gzip")
-        );
-        let e = detect(&vec![0u8; 1024], "x").err().unwrap();
-        assert_eq!(e.kind(), ErrorKind::Corrupt);
-        assert!(e.to_string().starts_with("x: offset 0:"), "{e}");
     }
 }
