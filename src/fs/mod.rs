@@ -18,6 +18,7 @@
 //! Slots are never reused (SQLite AUTOINCREMENT), so an inode number stays
 //! tied to one volume across restarts.
 
+pub mod composite;
 pub mod copy;
 pub mod namespace;
 pub mod ops;

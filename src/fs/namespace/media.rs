@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{MEDIA_INO, Provider, block, utf8};
+use super::{MEDIA_INO, Opened, Provider, block, utf8};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::fs::ops::{self, OpenFile};
 use crate::fs::types::{Attr, FileKind, OpenFlags};
@@ -144,12 +144,7 @@ impl Provider for Media {
         Ok(out)
     }
 
-    fn open(
-        &self,
-        core: &Core,
-        ino: u64,
-        flags: OpenFlags,
-    ) -> Result<(Arc<dyn OpenFile>, Option<Arc<Mounted>>)> {
+    fn open(&self, core: &Core, ino: u64, flags: OpenFlags) -> Result<Opened> {
         if ino == MEDIA_INO {
             return err(ErrorKind::IsDir);
         }

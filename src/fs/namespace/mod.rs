@@ -51,6 +51,9 @@ const fn block(n: u64) -> Range<u64> {
     n * BLOCK..(n + 1) * BLOCK
 }
 
+/// An open file of a tree, and the volume whose open count it holds up.
+pub type Opened = (Arc<dyn OpenFile>, Option<Arc<Mounted>>);
+
 /// One top-level tree. Every method gets the core, to read the registry of
 /// mounted volumes and to give the attributes of inodes it names but does
 /// not own (`/volumes/<id>` is a volume's root).
@@ -95,12 +98,7 @@ pub trait Provider: Send + Sync {
 
     /// Opens a file of the tree; returns it and the volume whose open count
     /// it holds up.
-    fn open(
-        &self,
-        core: &Core,
-        ino: u64,
-        flags: OpenFlags,
-    ) -> Result<(Arc<dyn OpenFile>, Option<Arc<Mounted>>)> {
+    fn open(&self, core: &Core, ino: u64, flags: OpenFlags) -> Result<Opened> {
         if ino == self.dir() {
             err(ErrorKind::IsDir)
         } else {
