@@ -20,6 +20,7 @@
 
 pub mod composite;
 pub mod copy;
+mod handle;
 pub mod namespace;
 pub mod ops;
 pub mod perm;
@@ -35,9 +36,12 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+use self::handle::MAX_WRITERS;
+pub use self::handle::{Handle, Writers};
 pub use self::namespace::{MEDIA_INO, ROOT_INO, SYNTHETIC_TTL, VOLUMES_INO};
 use self::namespace::{Namespace, Provider, Stamp};
-use self::ops::{DirEntry, OpenFile, VOLUME_ROOT, VolumeFs};
+use self::ops::{DirEntry, VOLUME_ROOT, VolumeFs};
 use self::types::{Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, StatFs};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::lifecycle::{Attachment, Kind};
@@ -108,70 +112,6 @@ struct Registry {
     by_slot: HashMap<u32, Arc<Mounted>>,
     by_id: HashMap<String, u32>,
     by_name: HashMap<String, u32>,
-}
-
-/// An open file in the open-file table.
-pub struct Handle {
-    pub ino: u64,
-    pub vol: Option<Arc<Mounted>>,
-    pub file: Arc<dyn OpenFile>,
-    /// Who wrote through this handle; decides which closes commit.
-    pub writers: Writers,
-}
-
-/// The writers of one open file description, by the kernel's lock owner
-/// (an id of the writing process's descriptor table, which its threads
-/// share and a forked child does not).
-///
-/// FUSE sends FLUSH on every close(2) of a descriptor, including the
-/// copies a fork hands to a child, which exec closes at once. A native
-/// file commits on flush, so before, any program that forked while another
-/// thread was writing a file (a build tool, a test runner, a shell) made
-/// the file commit half-written chunks, which the later writes then
-/// superseded: a chunk written twice and a catalog transaction per fork.
-/// Now a close commits when its process wrote through the handle, or when
-/// a writer is unknown (writes through the kernel's page cache and copies
-/// carry no lock owner). Nothing is left uncommitted by skipping: the
-/// handle's release, when its last descriptor closes, commits as before.
-#[derive(Default)]
-pub struct Writers(parking_lot::Mutex<WriterSet>);
-
-#[derive(Default)]
-struct WriterSet {
-    owners: Vec<u64>,
-    /// A write whose owner is not known, or more owners than are kept.
-    unknown: bool,
-}
-
-/// Distinct owners kept per handle; more make every close commit.
-const MAX_WRITERS: usize = 8;
-
-impl Writers {
-    /// Records a write by `owner` (None: not known).
-    pub fn wrote(&self, owner: Option<u64>) {
-        let mut w = self.0.lock();
-        match owner {
-            _ if w.unknown => {}
-            None => w.unknown = true,
-            Some(o) if w.owners.contains(&o) => {}
-            Some(_) if w.owners.len() >= MAX_WRITERS => w.unknown = true,
-            Some(o) => w.owners.push(o),
-        }
-    }
-
-    /// Whether a close by `owner` should commit.
-    pub fn commits_on_close_by(&self, owner: u64) -> bool {
-        let w = self.0.lock();
-        w.unknown || w.owners.contains(&owner)
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if let Some(v) = &self.vol {
-            v.open_files.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
 }
 
 /// The filesystem core.
@@ -295,6 +235,15 @@ impl Core {
             Target::Vol(slot, _) => Some(slot),
             Target::Tree(p) => p.volume_of(ino),
         }
+    }
+
+    /// Every (directory, name) of the synthetic tree that shows volume
+    /// `m`: what the kernel must forget when it is detached or renamed.
+    pub fn dentries_of(&self, m: &Mounted) -> Vec<(u64, Vec<u8>)> {
+        self.namespace
+            .top()
+            .flat_map(|p| p.names_of(m).into_iter().map(move |n| (p.dir(), n)))
+            .collect()
     }
 
     pub fn by_slot(&self, slot: u32) -> Option<Arc<Mounted>> {

@@ -397,6 +397,23 @@ fn media_shows_every_entry_of_a_volume() {
         libc::EROFS
     );
 
+    // What detaching it must make the kernel forget.
+    let m = core.find(ID).unwrap();
+    let forget: Vec<(u64, String)> = core
+        .dentries_of(&m)
+        .into_iter()
+        .map(|(d, n)| (d, String::from_utf8(n).unwrap()))
+        .collect();
+    assert_eq!(
+        forget,
+        [
+            (VOLUMES_INO, ID.to_string()),
+            (VOLUMES_INO, "disk".to_string()),
+            (MEDIA_INO, ID.to_string()),
+            (MEDIA_INO, p1.clone()),
+        ]
+    );
+
     // Gone with its volume, like the whole medium.
     core.unregister(7).unwrap();
     assert!(core.getattr(a.ino).is_err());

@@ -171,6 +171,16 @@ impl Provider for Media {
         })
     }
 
+    fn names_of(&self, m: &Mounted) -> Vec<Vec<u8>> {
+        let id = m.info.read().id.clone();
+        m.media
+            .iter()
+            .take(MAX_MEDIA_PER_VOLUME)
+            .filter_map(|e| entry_name(&id, e))
+            .map(String::into_bytes)
+            .collect()
+    }
+
     fn volume_of(&self, ino: u64) -> Option<u32> {
         (ino != MEDIA_INO).then(|| split(ino).0)
     }

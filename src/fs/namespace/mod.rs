@@ -127,6 +127,12 @@ pub trait Provider: Send + Sync {
         err(ErrorKind::ReadOnly)
     }
 
+    /// The names in this tree's directory that show volume `m`, which the
+    /// kernel must forget when it is detached or renamed.
+    fn names_of(&self, m: &Mounted) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+
     /// The slot of the volume whose data `ino` shows (a medium file), which
     /// then gives its attribute lifetime and counts its open handles.
     fn volume_of(&self, ino: u64) -> Option<u32> {

@@ -8,7 +8,7 @@ use super::{Provider, SYNTHETIC_TTL, VOLUMES_INO, block, utf8};
 use crate::error::{ErrorKind, Result, err};
 use crate::fs::ops::VOLUME_ROOT;
 use crate::fs::types::{Attr, FileKind};
-use crate::fs::{Core, global_ino};
+use crate::fs::{Core, Mounted, global_ino};
 
 /// `/volumes/<name>` of the volume in slot `s` is inode `LINK_BASE | s`.
 const LINK_BASE: u64 = 1 << 32;
@@ -83,6 +83,14 @@ impl Provider for Volumes {
         }
         out.sort();
         Ok(out)
+    }
+
+    fn names_of(&self, m: &Mounted) -> Vec<Vec<u8>> {
+        let info = m.info.read();
+        std::iter::once(&info.id)
+            .chain(&info.name)
+            .map(|n| n.clone().into_bytes())
+            .collect()
     }
 
     fn readlink(&self, core: &Core, ino: u64) -> Result<Vec<u8>> {
