@@ -6,21 +6,22 @@
 //! calls, so every behaviour here is reachable from unit tests.
 //!
 //! Global inode numbers: the top 24 bits are the volume's catalog slot, the
-//! low 40 bits its local inode. Slot 0 is the synthetic tree:
+//! low 40 bits its local inode (local 1 is the volume root). Slot 0 is the
+//! synthetic tree, split between the providers of [`namespace`] (`/`,
+//! `/volumes`, `/media`) at their reserved ranges:
 //!
 //! ```text
-//! 1                 /                (FUSE_ROOT_ID)
-//! 2                 /volumes
-//! 3                 /media
-//! 1<<32 | slot      /volumes/<name>  symlink to the ID directory
-//! 2<<32 | slot      /media/<id>      the whole medium, read-only
-//! slot<<40 | local  /volumes/<id>/…  (local 1 is the volume root)
+//! slot 0            /, /volumes/…, /media/…   namespace::Provider
+//! slot<<40 | local  /volumes/<id>/…           the volume's VolumeFs
 //! ```
 //!
 //! Slots are never reused (SQLite AUTOINCREMENT), so an inode number stays
 //! tied to one volume across restarts.
 
+pub mod composite;
 pub mod copy;
+mod handle;
+pub mod namespace;
 pub mod ops;
 pub mod perm;
 pub mod resolve;
@@ -35,28 +36,24 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use self::ops::{DirEntry, OpenFile, VOLUME_ROOT, VolumeFs};
-use self::types::{Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, StatFs, Timespec};
+#[cfg(test)]
+use self::handle::MAX_WRITERS;
+pub use self::handle::{Handle, Writers};
+pub use self::namespace::{MEDIA_INO, ROOT_INO, SYNTHETIC_TTL, VOLUMES_INO};
+use self::namespace::{Namespace, Provider, Stamp};
+use self::ops::{DirEntry, VOLUME_ROOT, VolumeFs};
+use self::types::{Attr, Ctx, FileKind, OpenFlags, OpenOpts, SetAttr, StatFs};
 use crate::error::{Error, ErrorKind, Result, err};
 use crate::lifecycle::{Attachment, Kind};
 use crate::medium::SharedMedium;
 
-pub const ROOT_INO: u64 = 1;
-pub const VOLUMES_INO: u64 = 2;
-pub const MEDIA_INO: u64 = 3;
 const SLOT_SHIFT: u32 = 40;
 const LOCAL_MASK: u64 = (1 << SLOT_SHIFT) - 1;
-const LINK_BASE: u64 = 1 << 32;
-const MEDIA_BASE: u64 = 2 << 32;
 
 /// The xattrs every volume root carries.
 pub const XATTR_ID: &[u8] = b"user.fsd.id";
 pub const XATTR_KIND: &[u8] = b"user.fsd.kind";
 pub const XATTR_STATE: &[u8] = b"user.fsd.state";
-
-/// Attribute and entry lifetimes for the synthetic tree, which changes when
-/// volumes come and go (the adapter also invalidates entries on detach).
-pub const SYNTHETIC_TTL: Duration = Duration::from_secs(1);
 
 /// What the control socket and `tokenctl volumes` show about a volume.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -117,105 +114,23 @@ struct Registry {
     by_name: HashMap<String, u32>,
 }
 
-/// An open file in the open-file table.
-pub struct Handle {
-    pub ino: u64,
-    pub vol: Option<Arc<Mounted>>,
-    pub file: Arc<dyn OpenFile>,
-    /// Who wrote through this handle; decides which closes commit.
-    pub writers: Writers,
-}
-
-/// The writers of one open file description, by the kernel's lock owner
-/// (an id of the writing process's descriptor table, which its threads
-/// share and a forked child does not).
-///
-/// FUSE sends FLUSH on every close(2) of a descriptor, including the
-/// copies a fork hands to a child, which exec closes at once. A native
-/// file commits on flush, so before, any program that forked while another
-/// thread was writing a file (a build tool, a test runner, a shell) made
-/// the file commit half-written chunks, which the later writes then
-/// superseded: a chunk written twice and a catalog transaction per fork.
-/// Now a close commits when its process wrote through the handle, or when
-/// a writer is unknown (writes through the kernel's page cache and copies
-/// carry no lock owner). Nothing is left uncommitted by skipping: the
-/// handle's release, when its last descriptor closes, commits as before.
-#[derive(Default)]
-pub struct Writers(parking_lot::Mutex<WriterSet>);
-
-#[derive(Default)]
-struct WriterSet {
-    owners: Vec<u64>,
-    /// A write whose owner is not known, or more owners than are kept.
-    unknown: bool,
-}
-
-/// Distinct owners kept per handle; more make every close commit.
-const MAX_WRITERS: usize = 8;
-
-impl Writers {
-    /// Records a write by `owner` (None: not known).
-    pub fn wrote(&self, owner: Option<u64>) {
-        let mut w = self.0.lock();
-        match owner {
-            _ if w.unknown => {}
-            None => w.unknown = true,
-            Some(o) if w.owners.contains(&o) => {}
-            Some(_) if w.owners.len() >= MAX_WRITERS => w.unknown = true,
-            Some(o) => w.owners.push(o),
-        }
-    }
-
-    /// Whether a close by `owner` should commit.
-    pub fn commits_on_close_by(&self, owner: u64) -> bool {
-        let w = self.0.lock();
-        w.unknown || w.owners.contains(&owner)
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if let Some(v) = &self.vol {
-            v.open_files.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
 /// The filesystem core.
 pub struct Core {
     registry: RwLock<Registry>,
     handles: DashMap<u64, Arc<Handle>>,
     next_fh: AtomicU64,
-    /// When the mount started; the synthetic tree's timestamps.
-    started: Timespec,
-    uid: u32,
-    gid: u32,
+    /// The synthetic tree's owner and timestamps.
+    stamp: Stamp,
+    /// The top-level trees.
+    namespace: Namespace,
 }
 
-/// Splits a global inode number.
-enum Ino {
-    Root,
-    Volumes,
-    Media,
-    NameLink(u32),
-    MediaFile(u32),
+/// Where a global inode number belongs.
+enum Target<'a> {
+    /// Local inode of the volume in a slot.
     Vol(u32, u64),
-}
-
-fn decode(ino: u64) -> Option<Ino> {
-    let slot = (ino >> SLOT_SHIFT) as u32;
-    let local = ino & LOCAL_MASK;
-    if slot > 0 {
-        return (local > 0).then_some(Ino::Vol(slot, local));
-    }
-    match ino {
-        ROOT_INO => Some(Ino::Root),
-        VOLUMES_INO => Some(Ino::Volumes),
-        MEDIA_INO => Some(Ino::Media),
-        i if i & !0xFFFF_FFFF == LINK_BASE => Some(Ino::NameLink(i as u32)),
-        i if i & !0xFFFF_FFFF == MEDIA_BASE => Some(Ino::MediaFile(i as u32)),
-        _ => None,
-    }
+    /// A synthetic inode and the tree that answers for it.
+    Tree(&'a dyn Provider),
 }
 
 /// The global inode of `local` in volume `slot`.
@@ -233,10 +148,28 @@ impl Core {
             registry: RwLock::new(Registry::default()),
             handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
-            started: Timespec::now(),
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
+            stamp: Stamp::now(),
+            namespace: Namespace::standard(),
         }
+    }
+
+    fn target(&self, ino: u64) -> Option<Target<'_>> {
+        let slot = (ino >> SLOT_SHIFT) as u32;
+        let local = ino & LOCAL_MASK;
+        if slot > 0 {
+            return (local > 0).then_some(Target::Vol(slot, local));
+        }
+        self.namespace.provider_of(ino).map(Target::Tree)
+    }
+
+    /// The top-level trees.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// The synthetic tree's owner and timestamps.
+    pub fn stamp(&self) -> &Stamp {
+        &self.stamp
     }
 
     // ----- registry -----
@@ -291,17 +224,40 @@ impl Core {
         r.by_slot.get(slot).cloned()
     }
 
-    /// The volume an inode belongs to: a volume's own inodes and its
-    /// `/media/<id>` file.
+    /// The volume an inode belongs to: a volume's own inodes and the
+    /// `/media` files that show its media.
     pub fn volume_of(&self, ino: u64) -> Option<Arc<Mounted>> {
-        match decode(ino)? {
-            Ino::Vol(slot, _) | Ino::MediaFile(slot) => self.by_slot(slot),
-            _ => None,
+        self.by_slot(self.slot_of(ino)?)
+    }
+
+    fn slot_of(&self, ino: u64) -> Option<u32> {
+        match self.target(ino)? {
+            Target::Vol(slot, _) => Some(slot),
+            Target::Tree(p) => p.volume_of(ino),
         }
+    }
+
+    /// Every (directory, name) of the synthetic tree that shows volume
+    /// `m`: what the kernel must forget when it is detached or renamed.
+    pub fn dentries_of(&self, m: &Mounted) -> Vec<(u64, Vec<u8>)> {
+        self.namespace
+            .top()
+            .flat_map(|p| p.names_of(m).into_iter().map(move |n| (p.dir(), n)))
+            .collect()
     }
 
     pub fn by_slot(&self, slot: u32) -> Option<Arc<Mounted>> {
         self.registry.read().by_slot.get(&slot).cloned()
+    }
+
+    /// The slot of the volume with this ID.
+    pub fn slot_by_id(&self, id: &str) -> Option<u32> {
+        self.registry.read().by_id.get(id).copied()
+    }
+
+    /// The slot of the volume with this name.
+    pub fn slot_by_name(&self, name: &str) -> Option<u32> {
+        self.registry.read().by_name.get(name).copied()
     }
 
     pub fn mounted(&self) -> Vec<Arc<Mounted>> {
@@ -310,61 +266,17 @@ impl Core {
         v
     }
 
-    fn vol(&self, slot: u32) -> Result<Arc<Mounted>> {
+    pub fn volume_count(&self) -> usize {
+        self.registry.read().by_slot.len()
+    }
+
+    /// The volume in `slot`, or ENOENT.
+    pub fn volume(&self, slot: u32) -> Result<Arc<Mounted>> {
         self.by_slot(slot)
             .ok_or_else(|| Error::kind_only(ErrorKind::NotFound))
     }
 
-    // ----- attributes of the synthetic tree -----
-
-    fn dir_attr(&self, ino: u64, nlink: u32) -> Attr {
-        Attr {
-            ino,
-            kind: FileKind::Dir,
-            size: 0,
-            blocks: 0,
-            perm: 0o755,
-            nlink,
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
-            atime: self.started,
-            mtime: self.started,
-            ctime: self.started,
-            blksize: 4096,
-        }
-    }
-
-    fn link_attr(&self, slot: u32, target_len: usize) -> Attr {
-        Attr {
-            kind: FileKind::Symlink,
-            size: target_len as u64,
-            perm: 0o777,
-            nlink: 1,
-            ..self.dir_attr(LINK_BASE | u64::from(slot), 1)
-        }
-    }
-
-    fn media_attr(&self, m: &Mounted) -> Option<Attr> {
-        let medium = &m.media.first()?.medium;
-        // The medium file's owner and read bits: the kernel then lets read it
-        // through the mount exactly the users who may read the file itself.
-        let base = self.dir_attr(MEDIA_BASE | u64::from(m.slot), 1);
-        let (uid, gid, perm) = medium.owner().map_or((base.uid, base.gid, 0o444), |o| {
-            (o.uid, o.gid, o.perm & 0o444)
-        });
-        Some(Attr {
-            kind: FileKind::File,
-            size: medium.size(),
-            blocks: medium.size().div_ceil(512),
-            perm,
-            nlink: 1,
-            uid,
-            gid,
-            blksize: Attr::BLKSIZE,
-            ..base
-        })
-    }
+    // ----- lookups -----
 
     fn globalize(slot: u32, mut a: Attr) -> Attr {
         a.ino = global_ino(slot, a.ino);
@@ -373,30 +285,10 @@ impl Core {
 
     /// `getattr`: the attributes and how long the kernel may cache them.
     pub fn getattr(&self, ino: u64) -> Result<(Attr, Duration)> {
-        match decode(ino) {
-            Some(Ino::Root) => Ok((self.dir_attr(ROOT_INO, 4), SYNTHETIC_TTL)),
-            Some(Ino::Volumes) => {
-                let n = self.registry.read().by_slot.len() as u32;
-                Ok((self.dir_attr(VOLUMES_INO, 2 + n), SYNTHETIC_TTL))
-            }
-            Some(Ino::Media) => Ok((self.dir_attr(MEDIA_INO, 2), SYNTHETIC_TTL)),
-            Some(Ino::NameLink(slot)) => {
-                let m = self.vol(slot)?;
-                let info = m.info.read();
-                if info.name.is_none() {
-                    return enoent();
-                }
-                Ok((self.link_attr(slot, info.id.len()), SYNTHETIC_TTL))
-            }
-            Some(Ino::MediaFile(slot)) => {
-                let m = self.vol(slot)?;
-                let a = self
-                    .media_attr(&m)
-                    .ok_or_else(|| Error::kind_only(ErrorKind::NotFound))?;
-                Ok((a, m.ttl))
-            }
-            Some(Ino::Vol(slot, local)) => {
-                let m = self.vol(slot)?;
+        match self.target(ino) {
+            Some(Target::Tree(p)) => p.getattr(self, ino),
+            Some(Target::Vol(slot, local)) => {
+                let m = self.volume(slot)?;
                 let a = m.fs.getattr(local)?;
                 Ok((Self::globalize(slot, a), m.ttl))
             }
@@ -406,73 +298,43 @@ impl Core {
 
     /// `lookup` of `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<(Attr, Duration)> {
-        match decode(parent) {
-            Some(Ino::Root) => match name {
-                b"volumes" => self.getattr(VOLUMES_INO),
-                b"media" => self.getattr(MEDIA_INO),
-                _ => enoent(),
-            },
-            Some(Ino::Volumes) => {
-                let name =
-                    std::str::from_utf8(name).map_err(|_| Error::kind_only(ErrorKind::NotFound))?;
-                let r = self.registry.read();
-                if let Some(&slot) = r.by_id.get(name) {
-                    drop(r);
-                    return self.getattr(global_ino(slot, VOLUME_ROOT));
-                }
-                if let Some(&slot) = r.by_name.get(name) {
-                    drop(r);
-                    return self.getattr(LINK_BASE | u64::from(slot));
-                }
-                enoent()
-            }
-            Some(Ino::Media) => {
-                let name =
-                    std::str::from_utf8(name).map_err(|_| Error::kind_only(ErrorKind::NotFound))?;
-                let slot = *self
-                    .registry
-                    .read()
-                    .by_id
-                    .get(name)
-                    .ok_or_else(|| Error::kind_only(ErrorKind::NotFound))?;
-                self.getattr(MEDIA_BASE | u64::from(slot))
-            }
-            Some(Ino::Vol(slot, local)) => {
-                let m = self.vol(slot)?;
+        match self.target(parent) {
+            Some(Target::Tree(p)) => p.lookup(self, parent, name),
+            Some(Target::Vol(slot, local)) => {
+                let m = self.volume(slot)?;
                 let a = m.fs.lookup(local, name)?;
                 Ok((Self::globalize(slot, a), m.ttl))
             }
-            Some(Ino::NameLink(_)) | Some(Ino::MediaFile(_)) => err(ErrorKind::NotDir),
             None => enoent(),
         }
     }
 
     /// Lists a directory from `offset`. Offsets 1 and 2 are `.` and `..`;
-    /// the rest are the volume's own offsets shifted by 2.
+    /// the rest are the volume's own offsets shifted by 2 (for the
+    /// synthetic tree, the entry's position plus 3).
     pub fn readdir(
         &self,
         ino: u64,
         offset: u64,
         sink: &mut dyn FnMut(DirEntry<'_>) -> bool,
     ) -> Result<()> {
-        let (dot, dotdot) = match decode(ino) {
-            Some(Ino::Root) => (ROOT_INO, ROOT_INO),
-            Some(Ino::Volumes) | Some(Ino::Media) => (ino, ROOT_INO),
-            Some(Ino::Vol(slot, local)) => {
-                let m = self.vol(slot)?;
+        let target = self
+            .target(ino)
+            .ok_or_else(|| Error::kind_only(ErrorKind::NotFound))?;
+        let dotdot = match target {
+            Target::Tree(p) => p.parent(ino)?,
+            Target::Vol(slot, local) => {
+                let m = self.volume(slot)?;
                 let p = m.fs.parent(local)?;
-                let parent = if local == VOLUME_ROOT {
+                if local == VOLUME_ROOT {
                     VOLUMES_INO
                 } else {
                     global_ino(slot, p)
-                };
-                (ino, parent)
+                }
             }
-            Some(_) => return err(ErrorKind::NotDir),
-            None => return enoent(),
         };
         let mut off = offset;
-        for (name, target, next) in [(&b"."[..], dot, 1u64), (&b".."[..], dotdot, 2)] {
+        for (name, target, next) in [(&b"."[..], ino, 1u64), (&b".."[..], dotdot, 2)] {
             if off < next {
                 let (attr, _) = self.getattr(target)?;
                 if !sink(DirEntry { name, attr, next }) {
@@ -482,11 +344,13 @@ impl Core {
             }
         }
         let rel = off - 2;
-        match decode(ino) {
-            Some(Ino::Root) => {
-                let kids = [(&b"volumes"[..], VOLUMES_INO), (&b"media"[..], MEDIA_INO)];
-                for (i, (name, child)) in kids.iter().enumerate().skip(rel as usize) {
-                    let (attr, _) = self.getattr(*child)?;
+        match target {
+            Target::Tree(p) => {
+                let entries = p.entries(self, ino)?;
+                for (i, (name, child)) in entries.iter().enumerate().skip(rel as usize) {
+                    let Ok((attr, _)) = self.getattr(*child) else {
+                        continue;
+                    };
                     if !sink(DirEntry {
                         name,
                         attr,
@@ -497,25 +361,8 @@ impl Core {
                 }
                 Ok(())
             }
-            Some(Ino::Volumes) | Some(Ino::Media) => {
-                let media = matches!(decode(ino), Some(Ino::Media));
-                let entries = self.synthetic_entries(media);
-                for (i, (name, child)) in entries.iter().enumerate().skip(rel as usize) {
-                    let Ok((attr, _)) = self.getattr(*child) else {
-                        continue;
-                    };
-                    if !sink(DirEntry {
-                        name: name.as_bytes(),
-                        attr,
-                        next: i as u64 + 3,
-                    }) {
-                        break;
-                    }
-                }
-                Ok(())
-            }
-            Some(Ino::Vol(slot, local)) => {
-                let m = self.vol(slot)?;
+            Target::Vol(slot, local) => {
+                let m = self.volume(slot)?;
                 m.fs.readdir(local, rel, &mut |e| {
                     sink(DirEntry {
                         name: e.name,
@@ -524,37 +371,13 @@ impl Core {
                     })
                 })
             }
-            _ => Ok(()),
         }
-    }
-
-    /// The entries of `/volumes` (IDs, then names) or `/media` (IDs of
-    /// volumes with a medium), sorted so offsets are stable between calls.
-    fn synthetic_entries(&self, media: bool) -> Vec<(String, u64)> {
-        let r = self.registry.read();
-        let mut out: Vec<(String, u64)> = Vec::new();
-        for (slot, m) in &r.by_slot {
-            let info = m.info.read();
-            if media {
-                if !m.media.is_empty() {
-                    out.push((info.id.clone(), MEDIA_BASE | u64::from(*slot)));
-                }
-            } else {
-                out.push((info.id.clone(), global_ino(*slot, VOLUME_ROOT)));
-                if let Some(n) = &info.name {
-                    out.push((n.clone(), LINK_BASE | u64::from(*slot)));
-                }
-            }
-        }
-        out.sort();
-        out
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
-        match decode(ino) {
-            Some(Ino::NameLink(slot)) => Ok(self.vol(slot)?.info.read().id.clone().into_bytes()),
-            Some(Ino::Vol(slot, local)) => self.vol(slot)?.fs.readlink(local),
-            Some(_) => err(ErrorKind::Invalid),
+        match self.target(ino) {
+            Some(Target::Tree(p)) => p.readlink(self, ino),
+            Some(Target::Vol(slot, local)) => self.volume(slot)?.fs.readlink(local),
             None => enoent(),
         }
     }
@@ -579,43 +402,22 @@ impl Core {
 
     /// Opens a regular file; returns the handle number and cache options.
     pub fn open(&self, ino: u64, flags: OpenFlags, ctx: &Ctx) -> Result<(u64, OpenOpts)> {
-        match decode(ino) {
-            Some(Ino::MediaFile(slot)) => {
-                if flags.writable() || flags.truncate() {
-                    return err(ErrorKind::ReadOnly);
-                }
-                let m = self.vol(slot)?;
-                let medium = m
-                    .media
-                    .first()
-                    .map(|e| e.medium.clone())
-                    .ok_or_else(|| Error::kind_only(ErrorKind::NotFound))?;
-                let file = Arc::new(MediumOpen { medium, ino });
-                let opts = file.open_opts();
-                let fh = self.insert_handle(Handle {
-                    ino,
-                    vol: Some(m),
-                    file,
-                    writers: Writers::default(),
-                });
-                Ok((fh, opts))
+        let (file, vol) = match self.target(ino) {
+            Some(Target::Tree(p)) => p.open(self, ino, flags)?,
+            Some(Target::Vol(slot, local)) => {
+                let m = self.volume(slot)?;
+                (m.fs.open(local, flags, ctx)?, Some(m))
             }
-            Some(Ino::Vol(slot, local)) => {
-                let m = self.vol(slot)?;
-                let file = m.fs.open(local, flags, ctx)?;
-                let opts = file.open_opts();
-                let fh = self.insert_handle(Handle {
-                    ino,
-                    vol: Some(m),
-                    file,
-                    writers: Writers::default(),
-                });
-                Ok((fh, opts))
-            }
-            Some(Ino::Root) | Some(Ino::Volumes) | Some(Ino::Media) => err(ErrorKind::IsDir),
-            Some(Ino::NameLink(_)) => err(ErrorKind::Invalid),
-            None => enoent(),
-        }
+            None => return enoent(),
+        };
+        let opts = file.open_opts();
+        let fh = self.insert_handle(Handle {
+            ino,
+            vol,
+            file,
+            writers: Writers::default(),
+        });
+        Ok((fh, opts))
     }
 
     /// `opendir`: checks it is a directory and lets the volume count it;
@@ -627,8 +429,8 @@ impl Core {
         if a.kind != FileKind::Dir {
             return err(ErrorKind::NotDir);
         }
-        if let Some(Ino::Vol(slot, local)) = decode(ino) {
-            let m = self.vol(slot)?;
+        if let Some(Target::Vol(slot, local)) = self.target(ino) {
+            let m = self.volume(slot)?;
             m.fs.opendir(local)?;
             return Ok(m.fs.listings_fixed());
         }
@@ -636,8 +438,8 @@ impl Core {
     }
 
     pub fn releasedir(&self, ino: u64) {
-        if let Some(Ino::Vol(slot, local)) = decode(ino)
-            && let Ok(m) = self.vol(slot)
+        if let Some(Target::Vol(slot, local)) = self.target(ino)
+            && let Ok(m) = self.volume(slot)
         {
             m.fs.releasedir(local);
         }
@@ -697,9 +499,9 @@ impl Core {
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        match decode(ino) {
-            Some(Ino::Vol(slot, local)) => {
-                let m = self.vol(slot)?;
+        match self.target(ino) {
+            Some(Target::Vol(slot, local)) => {
+                let m = self.volume(slot)?;
                 if local == VOLUME_ROOT
                     && let Some(v) = self.volume_xattr(&m, name)
                 {
@@ -707,15 +509,15 @@ impl Core {
                 }
                 m.fs.getxattr(local, name)
             }
-            Some(_) => err(ErrorKind::NoAttr),
+            Some(Target::Tree(_)) => err(ErrorKind::NoAttr),
             None => enoent(),
         }
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
-        match decode(ino) {
-            Some(Ino::Vol(slot, local)) => {
-                let m = self.vol(slot)?;
+        match self.target(ino) {
+            Some(Target::Vol(slot, local)) => {
+                let m = self.volume(slot)?;
                 let mut names = Vec::new();
                 if local == VOLUME_ROOT {
                     names.extend([XATTR_ID.to_vec(), XATTR_KIND.to_vec(), XATTR_STATE.to_vec()]);
@@ -723,15 +525,15 @@ impl Core {
                 names.extend(m.fs.listxattr(local)?);
                 Ok(names)
             }
-            Some(_) => Ok(Vec::new()),
+            Some(Target::Tree(_)) => Ok(Vec::new()),
             None => enoent(),
         }
     }
 
     /// `statfs` of the volume holding `ino`, or totals for the synthetic tree.
     pub fn statfs(&self, ino: u64) -> Result<StatFs> {
-        match decode(ino) {
-            Some(Ino::Vol(slot, _)) => self.vol(slot)?.fs.statfs(),
+        match self.target(ino) {
+            Some(Target::Vol(slot, _)) => self.volume(slot)?.fs.statfs(),
             _ => {
                 let mut total = StatFs {
                     bsize: 4096,
@@ -757,9 +559,9 @@ impl Core {
     /// The volume and local inode for a write-type call; the synthetic tree
     /// is read-only.
     pub fn writable_target(&self, ino: u64) -> Result<(Arc<Mounted>, u64)> {
-        match decode(ino) {
-            Some(Ino::Vol(slot, local)) => Ok((self.vol(slot)?, local)),
-            Some(_) => err(ErrorKind::ReadOnly),
+        match self.target(ino) {
+            Some(Target::Vol(slot, local)) => Ok((self.volume(slot)?, local)),
+            Some(Target::Tree(_)) => err(ErrorKind::ReadOnly),
             None => enoent(),
         }
     }
@@ -826,7 +628,8 @@ impl Core {
     }
 
     /// Renames within one volume; across volumes is EXDEV, as between
-    /// filesystems.
+    /// filesystems. Within one top-level tree, the tree decides; between
+    /// a tree and anything else, EROFS.
     pub fn rename(
         &self,
         parent: u64,
@@ -836,6 +639,11 @@ impl Core {
         flags: u32,
         ctx: &Ctx,
     ) -> Result<()> {
+        if let Some(Target::Tree(p)) = self.target(parent)
+            && p.owns(newparent)
+        {
+            return p.rename(self, parent, name, newparent, newname, flags, ctx);
+        }
         let (m, p) = self.writable_target(parent)?;
         let (m2, np) = self.writable_target(newparent)?;
         if m.slot != m2.slot {
@@ -868,7 +676,7 @@ impl Core {
         flags: i32,
         ctx: &Ctx,
     ) -> Result<()> {
-        if let Some(Ino::Vol(_, VOLUME_ROOT)) = decode(ino)
+        if let Some(Target::Vol(_, VOLUME_ROOT)) = self.target(ino)
             && [XATTR_ID, XATTR_KIND, XATTR_STATE].contains(&name)
         {
             return err(ErrorKind::NotPermitted);
@@ -888,27 +696,17 @@ impl Core {
             .vol
             .clone()
             .ok_or_else(|| Error::kind_only(ErrorKind::ReadOnly))?;
-        if matches!(decode(h.ino), Some(Ino::MediaFile(_))) {
+        if !matches!(self.target(h.ino), Some(Target::Vol(..))) {
             return err(ErrorKind::ReadOnly);
         }
         m.fs.fallocate(h.file.as_ref(), offset, len, mode)
     }
 
     pub fn lseek(&self, ino: u64, offset: u64, whence: i32) -> Result<u64> {
-        match decode(ino) {
-            Some(Ino::Vol(slot, local)) => self.vol(slot)?.fs.lseek(local, offset, whence),
-            Some(Ino::MediaFile(_)) => {
-                let (a, _) = self.getattr(ino)?;
-                if offset >= a.size {
-                    return err(ErrorKind::NoSuchOffset);
-                }
-                Ok(if whence == libc::SEEK_HOLE {
-                    a.size
-                } else {
-                    offset
-                })
-            }
-            _ => err(ErrorKind::Invalid),
+        match self.target(ino) {
+            Some(Target::Vol(slot, local)) => self.volume(slot)?.fs.lseek(local, offset, whence),
+            Some(Target::Tree(p)) => p.lseek(self, ino, offset, whence),
+            None => err(ErrorKind::Invalid),
         }
     }
 
@@ -926,7 +724,7 @@ impl Core {
     ) -> Result<u64> {
         let src = self.handle(fh_in)?;
         let dst = self.handle(fh_out)?;
-        if matches!(decode(dst.ino), Some(Ino::MediaFile(_))) {
+        if !matches!(self.target(dst.ino), Some(Target::Vol(..))) {
             return err(ErrorKind::ReadOnly);
         }
         // copy_file_range carries no lock owner.
@@ -946,12 +744,9 @@ impl Core {
 
     /// How long the kernel may cache the attributes of `ino`.
     pub fn ttl_of(&self, ino: u64) -> Duration {
-        match decode(ino) {
-            Some(Ino::Vol(slot, _)) | Some(Ino::MediaFile(slot)) => {
-                self.by_slot(slot).map(|m| m.ttl).unwrap_or(SYNTHETIC_TTL)
-            }
-            _ => SYNTHETIC_TTL,
-        }
+        self.slot_of(ino)
+            .and_then(|slot| self.by_slot(slot))
+            .map_or(SYNTHETIC_TTL, |m| m.ttl)
     }
 
     /// Number of open handles in the whole mount.
@@ -963,35 +758,6 @@ impl Core {
 impl Default for Core {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// An open `/media/<id>` file.
-struct MediumOpen {
-    medium: SharedMedium,
-    ino: u64,
-}
-
-impl OpenFile for MediumOpen {
-    fn read(&self, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
-        let total = self.medium.size();
-        if offset >= total {
-            out.clear();
-            return Ok(());
-        }
-        let n = u64::from(size).min(total - offset) as usize;
-        ops::len_for_overwrite(out, n);
-        self.medium
-            .read_exact_at(out, offset)
-            .map_err(|e| Error::io(format!("reading medium at offset {offset}"), e))
-    }
-
-    fn ino(&self) -> u64 {
-        self.ino
-    }
-
-    fn size(&self) -> Result<u64> {
-        Ok(self.medium.size())
     }
 }
 

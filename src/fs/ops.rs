@@ -156,6 +156,13 @@ pub trait OpenFile: Send + Sync {
     fn chunk_row(&self) -> Option<i64> {
         None
     }
+
+    /// For a composite volume (`fs::composite`), which wraps the files its
+    /// parts open: the part's number and the part's own file, which that
+    /// part's `setattr` and `fallocate` expect. `None` for every other file.
+    fn part(&self) -> Option<(u32, &dyn OpenFile)> {
+        None
+    }
 }
 
 /// A chunk as the offload engine moves it between files: its hash (`None`

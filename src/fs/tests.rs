@@ -15,6 +15,17 @@ fn meta() -> Meta {
 }
 
 fn mount_one(core: &Core, slot: u32, id: &str, name: Option<&str>) -> tempfile::TempDir {
+    mount_with_parts(core, slot, id, name, Vec::new())
+}
+
+/// Like `mount_one`, with `parts` under `/media` after the whole medium.
+fn mount_with_parts(
+    core: &Core,
+    slot: u32,
+    id: &str,
+    name: Option<&str>,
+    parts: Vec<MediaEntry>,
+) -> tempfile::TempDir {
     let medium: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
     let mut b = IndexBuilder::new("tar", meta());
     let mut f = Member::new(NodeKind::File, meta());
@@ -46,7 +57,9 @@ fn mount_one(core: &Core, slot: u32, id: &str, name: Option<&str>) -> tempfile::
             slot,
         }),
         fs: Arc::new(fs),
-        media: vec![MediaEntry::whole(medium)],
+        media: std::iter::once(MediaEntry::whole(medium))
+            .chain(parts)
+            .collect(),
         ttl: Duration::from_secs(60),
         open_files: AtomicU64::new(0),
     }))
@@ -308,4 +321,101 @@ fn resolve_checks_search_and_follows_inner_links() {
     )
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+}
+
+/// Every entry of `Mounted.media` is a file of its own under `/media`.
+#[test]
+fn media_shows_every_entry_of_a_volume() {
+    let core = Core::new();
+    let part: SharedMedium = Arc::new(vec![7u8; 1000]);
+    let _d = mount_with_parts(
+        &core,
+        7,
+        ID,
+        Some("disk"),
+        vec![MediaEntry {
+            suffix: "p1".into(),
+            medium: part,
+        }],
+    );
+    let _e = mount_one(&core, 8, "vol-1111111111111111", None);
+    let listed: Vec<String> = names(&core, MEDIA_INO, 0)
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    let p1 = format!("{ID}-p1");
+    assert_eq!(listed, [".", "..", ID, p1.as_str(), "vol-1111111111111111"]);
+    let (whole, ttl) = core.lookup(MEDIA_INO, ID.as_bytes()).unwrap();
+    assert_eq!(whole.ino, (2 << 32) | 7, "the whole medium keeps its inode");
+    assert_eq!((whole.size, ttl), (4096, Duration::from_secs(60)));
+    let (a, _) = core.lookup(MEDIA_INO, p1.as_bytes()).unwrap();
+    assert_ne!(a.ino, whole.ino);
+    assert_eq!((a.size, a.perm, a.kind), (1000, 0o444, FileKind::File));
+    assert_eq!(core.getattr(a.ino).unwrap().0, a);
+    assert_eq!(core.volume_of(a.ino).unwrap().slot, 7);
+    assert_eq!(core.ttl_of(a.ino), Duration::from_secs(60));
+    for missing in [
+        format!("{ID}-p2"),
+        format!("{ID}-"),
+        "vol-1111111111111111-p1".into(),
+    ] {
+        let e = core.lookup(MEDIA_INO, missing.as_bytes()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{missing}");
+    }
+    assert_eq!(
+        core.lookup(a.ino, b"x").unwrap_err().kind(),
+        ErrorKind::NotDir
+    );
+
+    let (fh, _) = core
+        .open(a.ino, OpenFlags(libc::O_RDONLY), &Ctx::ROOT)
+        .unwrap();
+    let mut data = Vec::new();
+    core.read(fh, 995, 100, &mut data).unwrap();
+    assert_eq!(data, [7; 5]);
+    assert_eq!(core.find(ID).unwrap().open_files.load(Ordering::Acquire), 1);
+    assert_eq!(
+        core.fallocate(fh, 0, 1, 0).unwrap_err().kind(),
+        ErrorKind::ReadOnly
+    );
+    core.release(fh).unwrap();
+    assert_eq!(
+        core.open(a.ino, OpenFlags(libc::O_RDWR), &Ctx::ROOT)
+            .unwrap_err()
+            .errno(),
+        libc::EROFS
+    );
+    assert_eq!(core.lseek(a.ino, 10, libc::SEEK_HOLE).unwrap(), 1000);
+    assert_eq!(
+        core.lseek(a.ino, 1000, libc::SEEK_DATA).unwrap_err().kind(),
+        ErrorKind::NoSuchOffset
+    );
+    assert_eq!(
+        core.rename(MEDIA_INO, p1.as_bytes(), MEDIA_INO, b"x", 0, &Ctx::ROOT)
+            .unwrap_err()
+            .errno(),
+        libc::EROFS
+    );
+
+    // What detaching it must make the kernel forget.
+    let m = core.find(ID).unwrap();
+    let forget: Vec<(u64, String)> = core
+        .dentries_of(&m)
+        .into_iter()
+        .map(|(d, n)| (d, String::from_utf8(n).unwrap()))
+        .collect();
+    assert_eq!(
+        forget,
+        [
+            (VOLUMES_INO, ID.to_string()),
+            (VOLUMES_INO, "disk".to_string()),
+            (MEDIA_INO, ID.to_string()),
+            (MEDIA_INO, p1.clone()),
+        ]
+    );
+
+    // Gone with its volume, like the whole medium.
+    core.unregister(7).unwrap();
+    assert!(core.getattr(a.ino).is_err());
+    assert!(core.lookup(MEDIA_INO, p1.as_bytes()).is_err());
 }
