@@ -33,7 +33,7 @@ use super::open::{self, Owned};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::perm::Caller;
 use crate::fs::types::Timespec;
-use crate::fs::{Core, MEDIA_INO, Mounted, VOLUMES_INO, VolumeInfo};
+use crate::fs::{Core, Mounted, VolumeInfo};
 use crate::lifecycle::{Attachment, Residency};
 use crate::medium::MediumFile;
 use crate::medium::identity::Primed;
@@ -176,12 +176,13 @@ impl Manager {
         *self.invalidator.write() = Some(f);
     }
 
-    fn invalidate(&self, info: &VolumeInfo) {
+    /// Makes the kernel forget every name the namespace shows `m` under
+    /// (`volumes/<id>`, `volumes/<name>`, each `media/` entry), as they are
+    /// now: call before a rename changes them.
+    fn invalidate(&self, m: &Mounted) {
         if let Some(f) = &*self.invalidator.read() {
-            f(VOLUMES_INO, info.id.as_bytes());
-            f(MEDIA_INO, info.id.as_bytes());
-            if let Some(n) = &info.name {
-                f(VOLUMES_INO, n.as_bytes());
+            for (dir, name) in self.ctx.core.dentries_of(m) {
+                f(dir, &name);
             }
         }
     }
@@ -340,7 +341,7 @@ impl Manager {
             }
             if let Some(m) = mounted {
                 self.ctx.core.unregister(m.slot);
-                self.invalidate(&m.info.read());
+                self.invalidate(&m);
             }
             catalog.set_state(rec.slot, attached)?;
             let m = self.mount(kind, &rec, Some(Self::attaching(prepared, medium, &meta)))?;
@@ -427,7 +428,7 @@ impl Manager {
     fn rename_mounted(&self, rec: &VolumeRecord, m: &Arc<Mounted>, name: &str) -> Result<()> {
         self.ctx.catalog.set_name(rec.slot, Some(name))?;
         self.ctx.core.unregister(m.slot);
-        self.invalidate(&m.info.read());
+        self.invalidate(m);
         m.info.write().name = Some(name.to_string());
         self.ctx.core.register(m.clone())
     }
@@ -484,7 +485,7 @@ impl Manager {
         self.ctx.catalog.set_state(rec.slot, Attachment::Detached)?;
         self.ctx.core.unregister(rec.slot);
         m.info.write().state = Attachment::Detached;
-        self.invalidate(&m.info.read());
+        self.invalidate(&m);
         let _ = self.ctx.catalog.event(
             Some(&rec.id),
             "info",
@@ -710,7 +711,7 @@ impl Manager {
             return Err(e);
         }
         if let Some(m) = fenced {
-            self.invalidate(&m.info.read());
+            self.invalidate(&m);
         }
         kind.destroyed(&self.ctx);
         let _ = self.ctx.catalog.event(Some(&rec.id), "info", "destroyed");

@@ -9,8 +9,9 @@ use parking_lot::RwLock;
 use super::*;
 use crate::fs::types::FileKind;
 use crate::fs::{Core, MediaEntry, Mounted, VolumeInfo, global_ino};
+use crate::medium::SharedMedium;
 use crate::volume::archive::index::Meta;
-use crate::volume::archive::{ArchiveVolume, Format, SharedMedium, build_index};
+use crate::volume::archive::{ArchiveVolume, Format, build_index};
 
 const SLOT: u32 = 9;
 
