@@ -815,6 +815,19 @@ impl Catalog {
             .optional()?)
     }
 
+    /// The version of the stored archive index of `slot`, without reading
+    /// the index itself (an already-attached check needs only this).
+    pub fn archive_index_version(&self, slot: u32) -> Result<Option<u32>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT version FROM archive_index WHERE slot = ?1",
+                [slot],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Records an event for `tokenctl status` and later inspection.
     pub fn event(&self, volume: Option<&str>, level: &str, message: &str) -> Result<()> {
         self.conn().execute(

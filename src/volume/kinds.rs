@@ -196,6 +196,14 @@ pub trait VolumeKind: Send + Sync {
         None
     }
 
+    /// Whether [`stored`](Self::stored) would find the stored state of
+    /// `rec` current, without building it: an attach of a medium that is
+    /// already attached and unchanged only needs the answer, and building
+    /// the state (decoding a 20,000-member index) would be thrown away.
+    fn unchanged(&self, ctx: &Context, rec: &VolumeRecord, id: &MediumId) -> bool {
+        self.stored(ctx, rec, id).is_some()
+    }
+
     /// Indexes a medium, as format `row` (`None`: detect it with
     /// [`detect`]), within `budget`.
     fn prepare(

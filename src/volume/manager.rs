@@ -292,8 +292,10 @@ impl Manager {
             // may become attached (a destroyed volume has no record).
             let attached = Attachment::live(rec.state, mounted.is_some())
                 .transition(Attachment::Attached, &rec.id)?;
-            let stored = kind.stored(&self.ctx, &rec, &id);
-            if let (Some(m), Some(_)) = (&mounted, &stored) {
+            if let Some(m) = mounted
+                .as_ref()
+                .filter(|_| kind.unchanged(&self.ctx, &rec, &id))
+            {
                 // Already attached and unchanged: idempotent. A new name is
                 // applied in place.
                 if let Some(n) = name
@@ -321,6 +323,7 @@ impl Manager {
                     ));
                 }
             }
+            let stored = kind.stored(&self.ctx, &rec, &id);
             let (mut prepared, indexed) = match stored {
                 Some(p) => (p, false),
                 None => (kind.prepare(&self.ctx, &src, row, &budget, progress)?, true),

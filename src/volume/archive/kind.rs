@@ -201,10 +201,7 @@ impl VolumeKind for ArchiveKind {
 
     /// Loads the stored index if it is current for `id`.
     fn stored(&self, ctx: &Context, rec: &VolumeRecord, id: &MediumId) -> Option<Prepared> {
-        if rec.medium_size != Some(id.size)
-            || rec.medium_mtime_ns != Some(id.mtime_ns)
-            || rec.medium_sample.as_deref() != Some(id.sample.as_str())
-        {
+        if !same_medium(rec, id) {
             return None;
         }
         match ctx.catalog.archive_index(rec.slot) {
@@ -213,6 +210,14 @@ impl VolumeKind for ArchiveKind {
             }
             _ => None,
         }
+    }
+
+    fn unchanged(&self, ctx: &Context, rec: &VolumeRecord, id: &MediumId) -> bool {
+        same_medium(rec, id)
+            && matches!(
+                ctx.catalog.archive_index_version(rec.slot),
+                Ok(Some(INDEX_VERSION))
+            )
     }
 
     fn prepare(
@@ -286,4 +291,11 @@ impl VolumeKind for ArchiveKind {
             ),
         ))
     }
+}
+
+/// Whether the record was indexed from the medium whose identity is `id`.
+fn same_medium(rec: &VolumeRecord, id: &MediumId) -> bool {
+    rec.medium_size == Some(id.size)
+        && rec.medium_mtime_ns == Some(id.mtime_ns)
+        && rec.medium_sample.as_deref() == Some(id.sample.as_str())
 }
