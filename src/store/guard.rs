@@ -10,7 +10,8 @@
 //!
 //! **Store identity.** A random 128-bit ID is kept in the catalog
 //! (`settings.store_id`) and in `STATE/chunks/.store-id` (written once:
-//! temporary file, fsync, rename, fsync of the directory). Start-up refuses
+//! temporary file and rename; the file and its directory are fsynced once
+//! the mount answers, see [`write_store_id`]). Start-up refuses
 //! a catalog whose ID differs from the store's, and a catalog without one
 //! (new, emptied, or from before identities) beside a store that has chunk
 //! files, unless the state directory predates identities entirely, which
@@ -162,15 +163,22 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Writes the store identity: a temporary file renamed into place at
-/// once, then the file and its directory fsynced on a thread of its own.
-/// Start-up does not wait for the two fsyncs (they were most of a cold
-/// start's time); a chunk file becomes durable only through a later
-/// syncfs of the same filesystem, which takes the identity with it. A power
-/// cut before either leaves no identity or an empty file, which start-up
-/// reads as none and gives the catalog's again.
+/// once. Its fsyncs (the file, then its directory) come later, from
+/// [`record_run`] on a thread of its own, once the mount answers: they were
+/// most of a cold start's time, and an fsync forces a journal commit that
+/// stalls the metadata writes start-up itself makes (the catalog, the run
+/// file). A chunk file becomes durable only through a later syncfs of the
+/// same filesystem, which takes the identity with it. A power cut before
+/// either leaves no identity or an empty file, which start-up reads as none
+/// and gives the catalog's again.
 fn write_store_id(dir: &Path, id: &str) -> Result<()> {
+    write_atomic(&dir.join(STORE_ID), &format!("{id}\n"))
+}
+
+/// Makes the identity [`write_store_id`] wrote durable, off the caller's
+/// path.
+fn sync_store_id(dir: &Path) {
     let path = dir.join(STORE_ID);
-    write_atomic(&path, &format!("{id}\n"))?;
     let dir = dir.to_path_buf();
     let _ = std::thread::Builder::new()
         .name("fsd-store-id".into())
@@ -182,7 +190,6 @@ fn write_store_id(dir: &Path, id: &str) -> Result<()> {
                 tracing::warn!("{}: fsync: {e}", path.display());
             }
         });
-    Ok(())
 }
 
 fn new_id() -> Result<String> {
@@ -259,6 +266,9 @@ pub struct Startup {
     /// This run's number.
     pub run: u64,
     pub started_ns: i64,
+    /// [`decide`] wrote the store identity file; [`record_run`] makes it
+    /// durable.
+    pub wrote_store_id: bool,
 }
 
 /// Start-up's checks, after the catalog is open and before recovery:
@@ -285,6 +295,7 @@ pub fn decide(state: &Path, catalog: &Catalog, cfg: &CatalogConfig) -> Result<St
     let dir = chunks_dir(state);
     let cat_id = catalog.setting(KEY_ID)?;
     let st_id = read_store_id(&dir)?;
+    let mut wrote_store_id = false;
     match (&cat_id, &st_id) {
         (Some(a), Some(b)) if a == b => {}
         (Some(a), Some(b)) => {
@@ -313,6 +324,7 @@ pub fn decide(state: &Path, catalog: &Catalog, cfg: &CatalogConfig) -> Result<St
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
             write_store_id(&dir, a)?;
+            wrote_store_id = true;
         }
         (None, st) => {
             let chunks_known: i64 =
@@ -357,6 +369,7 @@ pub fn decide(state: &Path, catalog: &Catalog, cfg: &CatalogConfig) -> Result<St
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
                 write_store_id(&dir, &id)?;
+                wrote_store_id = true;
             }
             if migrated {
                 tracing::info!("store identity {id} given to the catalog and the chunk store");
@@ -401,6 +414,7 @@ pub fn decide(state: &Path, catalog: &Catalog, cfg: &CatalogConfig) -> Result<St
         unclean,
         run: cat_run.max(last.map(|l| l.run)).unwrap_or(0) + 1,
         started_ns: now_ns(),
+        wrote_store_id,
     })
 }
 
@@ -408,6 +422,9 @@ pub fn decide(state: &Path, catalog: &Catalog, cfg: &CatalogConfig) -> Result<St
 /// file (marked running until [`clean_exit`]).
 pub fn record_run(state: &Path, catalog: &Catalog, s: &Startup) -> Result<()> {
     let dir = chunks_dir(state);
+    if s.wrote_store_id {
+        sync_store_id(&dir);
+    }
     let (run, started_ns) = (s.run, s.started_ns);
     {
         // synchronous=OFF for this one commit: after a clean shutdown the
