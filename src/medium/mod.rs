@@ -115,3 +115,37 @@ pub type SharedMedium = Arc<dyn ReadAt + Send>;
 
 #[cfg(test)]
 mod tests;
+
+/// A medium that counts its reads, for the tests that pin how many reads
+/// a parse costs.
+#[cfg(test)]
+pub(crate) struct Counted {
+    pub data: Vec<u8>,
+    pub reads: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(test)]
+impl Counted {
+    pub fn new(data: Vec<u8>) -> Self {
+        Counted {
+            data,
+            reads: Default::default(),
+        }
+    }
+
+    pub fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+impl ReadAt for Counted {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.data.read_at(buf, offset)
+    }
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+}

@@ -209,22 +209,6 @@ fn a_tar_stored_as_chunks_reads_through_the_chunked_medium() {
     assert!(base.end.load(Ordering::Relaxed) <= (LEAD + tar.len()) as u64);
 }
 
-/// A medium that counts its reads.
-struct Counted {
-    data: Vec<u8>,
-    reads: AtomicU64,
-}
-
-impl ReadAt for Counted {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        self.data.read_at(buf, offset)
-    }
-    fn size(&self) -> u64 {
-        self.data.len() as u64
-    }
-}
-
 /// The read-ahead window keeps an archive of many small members at a few
 /// reads per MiB, through a slice as directly: 2000 members (2 MiB of
 /// headers and data) cost one read to detect the format and one per window
@@ -240,17 +224,14 @@ fn many_small_members_cost_one_read_per_window() {
             .unwrap();
     }
     let tar = b.into_inner().unwrap();
-    let whole = Arc::new(Counted {
-        data: disk(&tar),
-        reads: AtomicU64::new(0),
-    });
+    let whole = Arc::new(super::Counted::new(disk(&tar)));
     let part: SharedMedium =
         Arc::new(Slice::new(whole.clone(), LEAD as u64, tar.len() as u64, "p").unwrap());
     let format = detected(&*part, "p");
     let idx = archive::build_index(&*part, "p", format, implicit(), &mut |_| {}).unwrap();
     assert_eq!(idx.stats.files, 2000);
     let windows = 2 + (tar.len() as u64 - (192 << 10)).div_ceil(256 << 10);
-    assert_eq!(whole.reads.load(Ordering::Relaxed), 1 + windows);
+    assert_eq!(whole.reads() as u64, 1 + windows);
 }
 
 /// The zip parser reads through the same stack: a zip made by python's

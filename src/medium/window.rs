@@ -215,29 +215,10 @@ impl Seek for Window<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A medium that counts its reads.
-    struct Counted {
-        data: Vec<u8>,
-        reads: AtomicUsize,
-    }
-
-    impl ReadAt for Counted {
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-            self.reads.fetch_add(1, Ordering::Relaxed);
-            self.data.read_at(buf, offset)
-        }
-        fn size(&self) -> u64 {
-            self.data.len() as u64
-        }
-    }
+    use crate::medium::Counted;
 
     fn counted(len: usize) -> Counted {
-        Counted {
-            data: (0..len).map(|i| (i * 7 % 251) as u8).collect(),
-            reads: AtomicUsize::new(0),
-        }
+        Counted::new((0..len).map(|i| (i * 7 % 251) as u8).collect())
     }
 
     #[test]
@@ -248,7 +229,7 @@ mod tests {
             let b = w.get(i * 512, 512).unwrap();
             assert_eq!(b, &m.data[(i * 512) as usize..(i * 512 + 512) as usize]);
         }
-        assert_eq!(m.reads.load(Ordering::Relaxed), 1);
+        assert_eq!(m.reads(), 1);
         // The next window is larger: all of the first was used.
         w.get(64 << 10, 512).unwrap();
         assert_eq!(w.len, 128 << 10);
@@ -301,11 +282,11 @@ mod tests {
         let mut small = [0u8; 100];
         w.read_exact_at(&mut small, 10).unwrap();
         w.read_exact_at(&mut small, 3000).unwrap();
-        assert_eq!(m.reads.load(Ordering::Relaxed), 1);
+        assert_eq!(m.reads(), 1);
         let mut big = vec![0u8; 4096];
         w.read_exact_at(&mut big, 50_000).unwrap();
         assert_eq!(big, m.data[50_000..54_096]);
-        assert_eq!(m.reads.load(Ordering::Relaxed), 2);
+        assert_eq!(m.reads(), 2);
         assert_eq!(w.start, 10, "the window still holds the first bytes");
     }
 }
