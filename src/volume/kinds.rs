@@ -106,7 +106,7 @@ pub struct Prepared {
 }
 
 /// A medium's volume ready to mount: what the kind prepared, and the medium
-/// (with its owner and mode, see [`super::open::Owned`]).
+/// (with its owner and mode, see [`crate::medium::file::Owned`]).
 pub struct Attaching {
     pub prepared: Prepared,
     pub medium: SharedMedium,

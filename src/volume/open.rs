@@ -8,11 +8,10 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::perm::Caller;
-use crate::medium::{MediumFile, MediumOwner, ReadAt, SharedMedium};
+use crate::medium::MediumFile;
 
 /// Opens the medium of an attach request.
 ///
@@ -142,40 +141,6 @@ pub fn open_path(path: &Path) -> Result<(PathBuf, MediumFile, std::fs::Metadata)
     check_kind(&shown, &meta)?;
     let size = medium_size(&shown, &file, &meta)?;
     Ok((canon, MediumFile { file, size }, meta))
-}
-
-/// A medium with the owner and mode its file had when it was opened, which
-/// `media/<id>` shows (read-only: write bits cleared). The kernel checks
-/// them (default_permissions), so the whole medium is readable through the
-/// mount by exactly those who could read the file itself.
-pub struct Owned {
-    file: MediumFile,
-    owner: MediumOwner,
-}
-
-impl Owned {
-    pub fn shared(file: MediumFile, meta: &std::fs::Metadata) -> SharedMedium {
-        Arc::new(Owned {
-            file,
-            owner: MediumOwner {
-                uid: meta.uid(),
-                gid: meta.gid(),
-                perm: (meta.mode() & 0o444) as u16,
-            },
-        })
-    }
-}
-
-impl ReadAt for Owned {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        self.file.read_at(buf, offset)
-    }
-    fn size(&self) -> u64 {
-        self.file.size()
-    }
-    fn owner(&self) -> Option<MediumOwner> {
-        Some(self.owner)
-    }
 }
 
 /// Opens a medium the catalog remembers at `path`, with the daemon's rights,

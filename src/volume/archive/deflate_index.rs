@@ -49,7 +49,7 @@ use parking_lot::Mutex;
 
 use super::cache::{BLOCK, Charge, DecompCache, VolumeCache};
 use crate::error::{Error, ErrorKind, Result};
-use crate::medium::ReadAt;
+use crate::medium::SharedMedium;
 
 /// The deflate window: how far back a match may reach.
 const WINDOW: usize = 32 << 10;
@@ -63,7 +63,7 @@ const NO_CURSOR: u64 = u64::MAX;
 /// Where a deflate stream is and what it must inflate to.
 #[derive(Clone)]
 pub struct Stream {
-    pub source: Arc<dyn ReadAt + Send>,
+    pub source: SharedMedium,
     /// The stream's first byte in the source.
     pub offset: u64,
     /// Its compressed length.
