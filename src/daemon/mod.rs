@@ -478,6 +478,79 @@ struct Loaded {
     startup: guard::Startup,
 }
 
+/// The daemon's core on a prepared and locked state directory, without a
+/// mount: the catalog and the guard's decisions for this run, the chunk
+/// store and its environment, and the `Manager` over `core`. The new run is
+/// not recorded yet ([`guard::record_run`]) and no volume is loaded
+/// ([`Manager::load_all`]). `fsd mount` starts from here, and so do the
+/// core tests (`tests/common/core.rs`), so they build exactly what the
+/// daemon builds.
+pub struct Opened {
+    pub catalog: Arc<Catalog>,
+    pub env: Arc<Env>,
+    pub manager: Arc<Manager>,
+    pub startup: guard::Startup,
+}
+
+/// See [`Opened`]. `ids` gives medium identities computed ahead
+/// ([`Primed::closed`] for none).
+pub fn open_core(
+    state: &Path,
+    config: &Config,
+    core: Arc<Core>,
+    ids: Arc<Primed>,
+) -> std::result::Result<Opened, Fatal> {
+    let unusable = |e: Error| Fatal::new(exit::STATE_DIR, e);
+    guard::precheck(state).map_err(unusable)?;
+    let catalog = Catalog::open(&state.join("catalog.db")).map_err(unusable)?;
+    // The new run is recorded in `finish`, off the path of the first
+    // answer (see `guard::decide`).
+    let startup = guard::decide(state, &catalog, &config.catalog).map_err(unusable)?;
+    let catalog = Arc::new(catalog);
+    raise_fd_limit();
+    let store =
+        ChunkStore::open(&state.join("chunks")).map_err(|e| Fatal::new(exit::STATE_DIR, e))?;
+    let env = Arc::new(Env {
+        catalog: catalog.clone(),
+        chunks: crate::store::access::HotChunks::new(store.clone()),
+        store,
+        sealer: Sealer::new(config.native.seal_threads),
+        budget: Budget::new(config.native.dirty_limit_mb << 20),
+        watch: Default::default(),
+        stale: Default::default(),
+        reaper: Default::default(),
+        direct_io: config.native.direct_io,
+        limits: config.limits.clone(),
+    });
+    // Keep enough chunk buffers for a full write budget plus the sealer
+    // queue, so a long copy reuses memory instead of faulting in fresh
+    // pages; the reaper returns idle ones.
+    let budget_chunks =
+        (config.native.dirty_limit_mb << 20) as usize / crate::store::treehash::LEAF;
+    crate::store::buf::set_limit(budget_chunks + config.native.seal_threads * 2);
+    crate::volume::archive::cache::configure(
+        config.cache.budget_mb << 20,
+        config.cache.checkpoint_mb << 20,
+        config.archive.max_ratio,
+    );
+    let manager = Arc::new(
+        Manager::new(
+            core,
+            env.clone(),
+            state.join("cache"),
+            Duration::from_secs(config.mount.archive_ttl_secs),
+            Duration::from_secs(config.native.ttl_secs),
+        )
+        .with_primed(ids),
+    );
+    Ok(Opened {
+        catalog,
+        env,
+        manager,
+        startup,
+    })
+}
+
 /// Opens the catalog and the chunk store, reloads the volumes and attaches
 /// the `--attach` archives. Runs on a thread of its own while the other
 /// checks the mountpoint and mounts; the caller holds the state lock.
@@ -490,50 +563,12 @@ fn load(
     // Store identity, run counter and the check after an unclean shutdown
     // (store::guard): a catalog that does not belong to the chunk store
     // stops start-up here, before recovery could touch a chunk.
-    let unusable = |e: Error| Fatal::new(exit::STATE_DIR, e);
-    guard::precheck(&opts.state_dir).map_err(unusable)?;
-    let catalog = Catalog::open(&opts.state_dir.join("catalog.db")).map_err(unusable)?;
-    // The new run is recorded in `finish`, off the path of the first
-    // answer (see `guard::decide`).
-    let startup =
-        guard::decide(&opts.state_dir, &catalog, &opts.config.catalog).map_err(unusable)?;
-    let catalog = Arc::new(catalog);
-    raise_fd_limit();
-    let store = ChunkStore::open(&opts.state_dir.join("chunks"))
-        .map_err(|e| Fatal::new(exit::STATE_DIR, e))?;
-    let env = Arc::new(Env {
-        catalog: catalog.clone(),
-        chunks: crate::store::access::HotChunks::new(store.clone()),
-        store,
-        sealer: Sealer::new(opts.config.native.seal_threads),
-        budget: Budget::new(opts.config.native.dirty_limit_mb << 20),
-        watch: Default::default(),
-        stale: Default::default(),
-        reaper: Default::default(),
-        direct_io: opts.config.native.direct_io,
-        limits: opts.config.limits.clone(),
-    });
-    // Keep enough chunk buffers for a full write budget plus the sealer
-    // queue, so a long copy reuses memory instead of faulting in fresh
-    // pages; the reaper returns idle ones.
-    let budget_chunks =
-        (opts.config.native.dirty_limit_mb << 20) as usize / crate::store::treehash::LEAF;
-    crate::store::buf::set_limit(budget_chunks + opts.config.native.seal_threads * 2);
-    crate::volume::archive::cache::configure(
-        opts.config.cache.budget_mb << 20,
-        opts.config.cache.checkpoint_mb << 20,
-        opts.config.archive.max_ratio,
-    );
-    let manager = Arc::new(
-        Manager::new(
-            core,
-            env.clone(),
-            opts.state_dir.join("cache"),
-            Duration::from_secs(opts.config.mount.archive_ttl_secs),
-            Duration::from_secs(opts.config.native.ttl_secs),
-        )
-        .with_primed(ids),
-    );
+    let Opened {
+        catalog,
+        env,
+        manager,
+        startup,
+    } = open_core(&opts.state_dir, &opts.config, core, ids)?;
     let (ok, missing) = manager.load_all(startup.orphans).map_err(failed)?;
     tracing::info!("{ok} volumes reloaded from the catalog, {missing} missing");
     let attached = attach_at_start(&manager, &opts.attach)?;

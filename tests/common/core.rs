@@ -1,6 +1,6 @@
 //! A harness that drives the filesystem core through its Rust API, with no
-//! FUSE mount: the daemon's core is built as `fsd mount` builds it
-//! (`src/daemon/mod.rs`, `load`), from a state directory in a tempdir, and
+//! FUSE mount: the daemon's core is built by the function `fsd mount` uses
+//! (`fsd::daemon::open_core`), from a state directory in a tempdir, and
 //! a test then calls the same `Core` methods the FUSE adapter
 //! (`src/fuse/mod.rs`) calls for each request. Modelled on mountpoint-s3's
 //! `mountpoint-s3-fs/tests/common/mod.rs` (`make_test_filesystem`), which
@@ -16,19 +16,17 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use fsd::config::Config;
 use fsd::daemon::StateLock;
 use fsd::fs::perm::Caller;
 use fsd::fs::types::{Attr, Ctx, FileKind, OpenFlags};
 use fsd::fs::{Core, VOLUMES_INO};
+use fsd::medium::identity::Primed;
 use fsd::store::catalog::Catalog;
-use fsd::store::chunks::ChunkStore;
 use fsd::store::guard::{self, Startup};
 use fsd::volume::manager::Manager;
 use fsd::volume::native::file::Env;
-use fsd::volume::native::sealer::{Budget, Sealer};
 use fsd::{ErrorKind, Result};
 
 /// The parts of a running daemon that the tests reach, as [`build`] made
@@ -42,43 +40,24 @@ pub struct Parts {
     pub lock: StateLock,
 }
 
-/// Builds the daemon's core on the state directory `state` the way
-/// `fsd::daemon`'s start-up does, minus the mount, the control socket and
-/// the background threads (reaper, catalog guard, offload engine): lock
-/// the state directory, check it against the chunk store, open the
-/// catalog and the chunk store, make the native environment and the
-/// `Manager`, and reload every volume the catalog lists (recovery
-/// included), as a restart does.
-///
-/// The one place that knows how the daemon's parts fit together.
+/// Builds the daemon's core on the state directory `state` with the
+/// daemon's own `fsd::daemon::open_core`, minus the mount, the control
+/// socket and the background threads (reaper, catalog guard, offload
+/// engine): lock the state directory, open the catalog and the chunk store
+/// through the guard, record the run, and reload every volume the catalog
+/// lists (recovery included), as a restart does.
 pub fn build(state: &Path, config: &Config) -> Result<Parts> {
     fsd::daemon::prepare_state_dir(state).map_err(|f| f.error)?;
     let lock = fsd::daemon::lock_state_dir(state).map_err(|f| f.error)?;
-    guard::precheck(state)?;
-    let catalog = Catalog::open(&state.join("catalog.db"))?;
-    let startup = guard::start(state, &catalog, &config.catalog)?;
-    let catalog = Arc::new(catalog);
-    let store = ChunkStore::open(&state.join("chunks"))?;
-    let env = Arc::new(Env {
-        catalog: catalog.clone(),
-        chunks: fsd::store::access::HotChunks::new(store.clone()),
-        store,
-        sealer: Sealer::new(config.native.seal_threads),
-        budget: Budget::new(config.native.dirty_limit_mb << 20),
-        watch: Default::default(),
-        stale: Default::default(),
-        reaper: Default::default(),
-        direct_io: config.native.direct_io,
-        limits: config.limits.clone(),
-    });
     let core = Arc::new(Core::new());
-    let manager = Arc::new(Manager::new(
-        core.clone(),
-        env.clone(),
-        state.join("cache"),
-        Duration::from_secs(config.mount.archive_ttl_secs),
-        Duration::from_secs(config.native.ttl_secs),
-    ));
+    let fsd::daemon::Opened {
+        catalog,
+        env,
+        manager,
+        startup,
+    } = fsd::daemon::open_core(state, config, core.clone(), Arc::new(Primed::closed()))
+        .map_err(|f| f.error)?;
+    guard::record_run(state, &catalog, &startup)?;
     manager.load_all(startup.orphans)?;
     Ok(Parts {
         core,
